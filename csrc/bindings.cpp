@@ -1,0 +1,158 @@
+// Thin pybind11 wrappers over the torch-free kernels in core/. Arrays arrive as numpy views of
+// the caller's tensors (the Python layer has already validated dtype, contiguity and values);
+// outputs are written in place into arrays the caller allocated. The GIL is released while
+// the kernels run.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/extract_patches.hpp"
+#include "core/landmark_distances.hpp"
+#include "core/parallel.hpp"
+
+namespace py = pybind11;
+using spatialseg::LandmarkGrid;
+using spatialseg::PatchGeometry;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style>;
+using F64 = py::array_t<double, py::array::c_style>;
+using I64 = py::array_t<int64_t, py::array::c_style>;
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("spatialseg_fast._C: " + what);
+}
+
+LandmarkGrid make_grid(const std::array<int64_t, 3>& shape, const std::array<double, 3>& spacing,
+                       int grid) {
+  LandmarkGrid g{};
+  for (int a = 0; a < 3; ++a) {
+    require(shape[a] > 0, "shape must be positive");
+    g.shape[a] = shape[a];
+    g.spacing[a] = spacing[a];
+  }
+  g.grid = grid;
+  return g;
+}
+
+template <typename A>
+float* out_ptr(A& a, int64_t expected, const char* name) {
+  require(a.size() == expected, std::string(name) + " has the wrong size");
+  return a.mutable_data();
+}
+
+void landmark_distances(F64 coords, std::array<int64_t, 3> shape, std::array<double, 3> spacing,
+                        int grid, F32 out, int num_threads) {
+  require(coords.ndim() == 2 && coords.shape(1) == 3, "coords must be n x 3");
+  require(grid > 0, "grid must be positive");
+  const int64_t n = coords.shape(0);
+  const LandmarkGrid g = make_grid(shape, spacing, grid);
+  float* o = out_ptr(out, n * grid * grid * grid, "out");
+  const double* c = coords.data();
+  py::gil_scoped_release release;
+  spatialseg::landmark_distances(c, n, g, o, num_threads);
+}
+
+void landmark_distances_box(std::array<int64_t, 3> start, std::array<int64_t, 3> stop,
+                            std::array<int64_t, 3> shape, std::array<double, 3> spacing, int grid,
+                            F32 out, int num_threads) {
+  require(grid > 0, "grid must be positive");
+  int64_t n = 1;
+  for (int a = 0; a < 3; ++a) {
+    require(start[a] <= stop[a], "box start must not exceed stop");
+    n *= stop[a] - start[a];
+  }
+  const LandmarkGrid g = make_grid(shape, spacing, grid);
+  float* o = out_ptr(out, n * grid * grid * grid, "out");
+  py::gil_scoped_release release;
+  spatialseg::landmark_distances_box(start.data(), stop.data(), g, o, num_threads);
+}
+
+void extract_patches(std::array<int64_t, 3> shape, F32 scales, std::optional<F32> volume, std::optional<F32> atlas, I64 centres,
+                     std::optional<F32> rotation, std::optional<F32> scale, int slice_axis,
+                     int patch2d, std::vector<int> strides, int patch3d, int grid,
+                     std::array<double, 3> spacing, float fill, std::optional<F32> out2d,
+                     std::optional<F32> out3d, std::optional<F32> out_dist,
+                     std::optional<F32> out_atlas, int num_threads) {
+  require(scales.ndim() == 4, "scales must be S x n_w x n_u x n_v");
+  require(centres.ndim() == 2 && centres.shape(1) == 3, "centres must be n x 3");
+  require(slice_axis >= 0 && slice_axis < 3, "slice_axis must be 0, 1 or 2");
+  require(!strides.empty() && static_cast<int>(strides.size()) <= spatialseg::kMaxScales,
+          "between 1 and 8 scales");
+  require(static_cast<int64_t>(strides.size()) == scales.shape(0), "one image per stride");
+  require(patch2d >= 1 && patch2d <= spatialseg::detail::kMaxPatch, "patch2d must be 1..255");
+  const int64_t n = centres.shape(0);
+  PatchGeometry g{};
+  for (int a = 0; a < 3; ++a) g.shape[a] = shape[a];
+  g.slice_axis = slice_axis;
+  g.patch2d = patch2d;
+  g.num_scales = static_cast<int>(strides.size());
+  for (size_t k = 0; k < strides.size(); ++k) g.strides[k] = strides[k];
+  g.patch3d = patch3d;
+  g.fill = fill;
+  g.grid = make_grid({g.shape[0], g.shape[1], g.shape[2]}, spacing, grid);
+  g.num_labels = atlas ? atlas->shape(atlas->ndim() - 1) : 0;
+  const int64_t voxels = g.shape[0] * g.shape[1] * g.shape[2];
+  require(scales.size() == voxels * g.num_scales, "scales must hold S images of the volume's size");
+  for (int a = 0; a < 3; ++a)
+    for (int b = a + 1; b < 3; ++b)
+      require(g.shape[a] * g.shape[b] < (int64_t{1} << 31), "a slice must hold < 2^31 voxels");
+  if (volume) require(volume->size() == voxels, "volume size differs from the scales");
+  if (atlas) require(atlas->size() == voxels * g.num_labels, "atlas must be D x H x W x L");
+  if (rotation) require(rotation->size() == n, "one rotation per centre");
+  if (scale) require(scale->size() == n, "one scale per centre");
+  require(!out3d || (volume && patch3d > 0), "a 3D patch needs the volume");
+  require(!out_atlas || atlas, "atlas output needs an atlas");
+
+  const float* vol = volume ? volume->data() : nullptr;
+  const float* atl = atlas ? atlas->data() : nullptr;
+  const float* rot = rotation ? rotation->data() : nullptr;
+  const float* scl = scale ? scale->data() : nullptr;
+  float* o2 = out2d ? out_ptr(*out2d, n * g.num_scales * patch2d * patch2d, "out2d") : nullptr;
+  float* o3 = out3d ? out_ptr(*out3d, n * patch3d * patch3d * patch3d, "out3d") : nullptr;
+  float* od = out_dist ? out_ptr(*out_dist, n * grid * grid * grid, "out_dist") : nullptr;
+  float* oa = out_atlas ? out_ptr(*out_atlas, n * g.num_labels, "out_atlas") : nullptr;
+  if (grid <= 0) od = nullptr;
+  const float* sc = scales.data();
+  const int64_t* ce = centres.data();
+  py::gil_scoped_release release;
+  spatialseg::extract_patches(sc, vol, atl, ce, n, rot, scl, g, o2, o3, od, oa, num_threads);
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = SPATIALSEG_VERSION;
+  d["openmp"] = spatialseg::openmp_enabled();
+  d["max_threads"] = spatialseg::max_threads();
+  d["compiler"] = SPATIALSEG_CXX_COMPILER;
+#ifdef _OPENMP
+  d["openmp_version"] = _OPENMP;
+#else
+  d["openmp_version"] = py::none();
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "spatialseg_fast C++ kernels (CPU, OpenMP)";
+  m.def("landmark_distances", &landmark_distances, py::arg("coords"), py::arg("shape"),
+        py::arg("spacing"), py::arg("grid"), py::arg("out"), py::arg("num_threads") = 0);
+  m.def("landmark_distances_box", &landmark_distances_box, py::arg("start"), py::arg("stop"),
+        py::arg("shape"), py::arg("spacing"), py::arg("grid"), py::arg("out"),
+        py::arg("num_threads") = 0);
+  m.def("extract_patches", &extract_patches, py::arg("shape"), py::arg("scales"), py::arg("volume"),
+        py::arg("atlas"), py::arg("centres"), py::arg("rotation"), py::arg("scale"),
+        py::arg("slice_axis"), py::arg("patch2d"), py::arg("strides"), py::arg("patch3d"),
+        py::arg("grid"), py::arg("spacing"), py::arg("fill"), py::arg("out2d"), py::arg("out3d"),
+        py::arg("out_dist"), py::arg("out_atlas"), py::arg("num_threads") = 0);
+  m.def("build_info", &build_info, "How this extension was compiled");
+}
