@@ -71,13 +71,14 @@ inline void sample_plane_aligned(const Plane& pl, int64_t cu, int64_t cv, int P,
 
 // Rotated / scaled patch: bilinear interpolation, each of the four taps reading fill outside.
 // Positions are offsets from the centre (small numbers, so float keeps ~1e-5 voxel precision).
-// floor() is done by truncating a shifted positive value: baseline x86-64 has no round
-// instruction, so std::floor would be a libm call per sample. The plane is v-contiguous.
-constexpr float kShift = 4096.0f;  // |offset| < kShift for any sane patch
+// floor() is computed as truncation corrected for negative values: baseline x86-64 has no
+// round instruction, so std::floor would be a libm call per sample, and this form vectorises.
+// The plane is v-contiguous.
 constexpr int kMaxPatch = 255;
 
-inline int floor_small(float x) {
-  return static_cast<int>(x + kShift) - static_cast<int>(kShift);
+inline int32_t floor_small(float x) {
+  const int32_t t = static_cast<int32_t>(x);
+  return t - static_cast<int32_t>(x < static_cast<float>(t));
 }
 
 // One output row of a rotated / scaled patch. The row is split into an index/weight pass and a
