@@ -96,17 +96,22 @@ def _extract_patches_kernel(
                 tl.store(atlas_out_ptr + sample * num_labels + j, val, mask=m)
 
 
-def extract_patches_triton(source: PatchSource, centres: torch.Tensor, rotation=None, scale=None) -> Patches:
-    """Fused patch extraction on a float32 PatchSource; centres [N, 3] int64 on its device."""
+def extract_patches_triton(source: PatchSource, centres: torch.Tensor, rotation=None, scale=None, out=None) -> Patches:
+    """Fused patch extraction on a float32 PatchSource; centres [N, 3] int64 on its device.
+
+    `out`: validated preallocated Patches to write into (see extract_patches)."""
     cfg = source.config
     dev = source.volume.device
     n = centres.shape[0]
     P, Q, G, S = cfg.patch2d, cfg.patch3d, cfg.grid, cfg.num_scales
-    planes = torch.empty((n, S, P, P), dtype=torch.float32, device=dev)
-    cube = torch.empty((n, Q, Q, Q), dtype=torch.float32, device=dev) if Q else None
-    distances = torch.empty((n, G, G, G), dtype=torch.float32, device=dev) if G else None
     L = 0 if source.atlas is None else source.atlas.shape[-1]
-    atlas = torch.empty((n, L), dtype=torch.float32, device=dev) if L else None
+    if out is None:
+        planes = torch.empty((n, S, P, P), dtype=torch.float32, device=dev)
+        cube = torch.empty((n, Q, Q, Q), dtype=torch.float32, device=dev) if Q else None
+        distances = torch.empty((n, G, G, G), dtype=torch.float32, device=dev) if G else None
+        atlas = torch.empty((n, L), dtype=torch.float32, device=dev) if L else None
+    else:
+        planes, cube, distances, atlas = out
     if n == 0:
         return Patches(planes, cube, distances, atlas)
     t = torch.zeros(n, dtype=torch.float64, device=dev) if rotation is None else torch.deg2rad(rotation.to(torch.float64))

@@ -235,3 +235,23 @@ def test_explicit_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="CUDA tensors"):
         extract_patches(torch.zeros(4, 5, 6), [[0, 0, 0]], backend="triton")
+
+
+def test_out_buffers_are_reused_and_checked(fast_backend):
+    dev = device_for(fast_backend)
+    cfg = PatchConfig(patch2d=5, patch3d=3, grid=2)
+    g = torch.Generator().manual_seed(9)
+    src = prepare_patch_source(torch.randn(8, 9, 7, generator=g), cfg, atlas=torch.rand(3, 8, 9, 7, generator=g)).to(device=dev)
+    c1 = torch.tensor([[1, 2, 3], [7, 8, 6]], device=dev)
+    c2 = torch.tensor([[4, 4, 4], [0, 0, 0]], device=dev)
+    first = extract_patches(src, c1, backend=fast_backend)
+    second = extract_patches(src, c2, backend=fast_backend, out=first)
+    assert all(a is b for a, b in zip(first, second))  # written in place
+    fresh = extract_patches(src, c2, backend="torch")
+    for a, b in zip(second, fresh):
+        assert torch.allclose(a.cpu(), b.cpu(), atol=1e-6)
+    wrong = first._replace(cube=torch.empty(2, 4, 4, 4, device=dev))
+    with pytest.raises(ValueError, match="out.cube"):
+        extract_patches(src, c2, backend=fast_backend, out=wrong)
+    with pytest.raises(ValueError, match="out= is supported"):
+        extract_patches(src, c2, backend="torch", out=first)

@@ -84,12 +84,12 @@ inline int32_t floor_small(float x) {
 // One output row of a rotated / scaled patch. The row is split into an index/weight pass and a
 // load + lerp pass; both vectorise with baseline SSE2 (AVX2 gathers measured no faster here).
 // `centre` points at the patch centre; every tap of this row must lie inside the plane.
-inline void bilinear_row_inside(const float* __restrict centre, int32_t su, int P, float h,
-                                int s, float au, float av, float cos_f, float sin_f,
+inline void bilinear_row_inside(const float* __restrict centre, int32_t su, int j0, int j1,
+                                float h, int s, float au, float av, float cos_f, float sin_f,
                                 float* __restrict o) {
   int32_t idx[kMaxPatch];
   float wu[kMaxPatch], wv[kMaxPatch];
-  for (int j = 0; j < P; ++j) {
+  for (int j = j0; j < j1; ++j) {
     const float b = (j - h) * s;
     const float ru = au - sin_f * b;
     const float rv = av + cos_f * b;
@@ -98,7 +98,7 @@ inline void bilinear_row_inside(const float* __restrict centre, int32_t su, int 
     wv[j] = rv - static_cast<float>(iv);
     idx[j] = iu * su + iv;
   }
-  for (int j = 0; j < P; ++j) {
+  for (int j = j0; j < j1; ++j) {
     const int32_t k = idx[j];
     const float t00 = centre[k], t01 = centre[k + 1], t10 = centre[k + su], t11 = centre[k + su + 1];
     const float top = t00 + wv[j] * (t01 - t00);
@@ -110,13 +110,13 @@ inline void bilinear_row_inside(const float* __restrict centre, int32_t su, int 
 // A row crossing the plane's edge: taps are clamped into the plane and replaced by `fill`
 // where they fall outside; branch-free so it vectorises like the inside case.
 inline void bilinear_row_checked(const float* __restrict plane, int32_t n_u, int32_t n_v,
-                                 int32_t cu, int32_t cv, int P, float h, int s, float au,
-                                 float av, float cos_f, float sin_f, float fill,
+                                 int32_t cu, int32_t cv, int j0, int j1, float h, int s,
+                                 float au, float av, float cos_f, float sin_f, float fill,
                                  float* __restrict o) {
   int32_t k00[kMaxPatch], k01[kMaxPatch], k10[kMaxPatch], k11[kMaxPatch];
   int32_t m00[kMaxPatch], m01[kMaxPatch], m10[kMaxPatch], m11[kMaxPatch];
   float wu[kMaxPatch], wv[kMaxPatch];
-  for (int j = 0; j < P; ++j) {
+  for (int j = j0; j < j1; ++j) {
     const float b = (j - h) * s;
     const float ru = au - sin_f * b;
     const float rv = av + cos_f * b;
@@ -139,7 +139,7 @@ inline void bilinear_row_checked(const float* __restrict plane, int32_t n_u, int
     m10[j] = in_u1 & in_v0;
     m11[j] = in_u1 & in_v1;
   }
-  for (int j = 0; j < P; ++j) {
+  for (int j = j0; j < j1; ++j) {
     // Clamped indices are always valid: load unconditionally, then select (vector blend).
     const float g00 = plane[k00[j]], g01 = plane[k01[j]];
     const float g10 = plane[k10[j]], g11 = plane[k11[j]];
@@ -151,31 +151,53 @@ inline void bilinear_row_checked(const float* __restrict plane, int32_t n_u, int
   }
 }
 
-// Rotated / scaled patch, row by row: each row takes the unchecked path when all its taps are
-// inside the plane, is filled when all are outside, and is checked tap by tap otherwise.
-// Plane indices are 32-bit (vector gathers); the caller guarantees a slice holds < 2^31 voxels.
+// Rotated / scaled patch, row by row. A row whose bounding box is inside the plane takes the
+// unchecked path whole; one entirely outside is filled. Otherwise, as the sample positions of a
+// row lie on a straight line, the samples whose four taps are all inside form one run [j0, j1):
+// that run takes the unchecked path and the samples before and after it are checked tap by tap.
 inline void sample_plane_bilinear(const Plane& pl, int64_t cu, int64_t cv, int P, int s,
                                   float cos_f, float sin_f, float* out) {
   const float h = (P - 1) / 2.0f;
-  const float half = h * s;  // |b| <= half along a row
-  const float margin = 1.0f;  // float rounding of the offsets, with room to spare
+  const int32_t n_u = static_cast<int32_t>(pl.n_u), n_v = static_cast<int32_t>(pl.n_v);
+  const int32_t icu = static_cast<int32_t>(cu), icv = static_cast<int32_t>(cv);
+  const float* centre = pl.base + cu * pl.s_u + cv;
   for (int i = 0; i < P; ++i) {
     const float a = (i - h) * s;
     const float au = cos_f * a, av = sin_f * a;
-    const float du = std::fabs(sin_f) * half, dv = std::fabs(cos_f) * half;
-    const float u_lo = cu + au - du - margin, u_hi = cu + au + du + margin;
-    const float v_lo = cv + av - dv - margin, v_hi = cv + av + dv + margin;
     float* o = out + static_cast<int64_t>(i) * P;
-    if (u_lo >= 0 && v_lo >= 0 && u_hi + 1 <= pl.n_u - 1 && v_hi + 1 <= pl.n_v - 1) {
-      bilinear_row_inside(pl.base + cu * pl.s_u + cv, static_cast<int32_t>(pl.s_u), P, h, s, au,
-                          av, cos_f, sin_f, o);
-    } else if (u_hi + 1 < 0 || v_hi + 1 < 0 || u_lo > pl.n_u - 1 || v_lo > pl.n_v - 1) {
-      for (int j = 0; j < P; ++j) o[j] = pl.fill;
-    } else {
-      bilinear_row_checked(pl.base, static_cast<int32_t>(pl.n_u), static_cast<int32_t>(pl.n_v),
-                           static_cast<int32_t>(cu), static_cast<int32_t>(cv), P, h, s, au, av,
-                           cos_f, sin_f, pl.fill, o);
+    const float du = std::fabs(sin_f) * h * s + 1.0f, dv = std::fabs(cos_f) * h * s + 1.0f;
+    const float u_lo = cu + au - du, u_hi = cu + au + du;  // 1 voxel of margin for rounding
+    const float v_lo = cv + av - dv, v_hi = cv + av + dv;
+    if (u_lo >= 0 && v_lo >= 0 && u_hi + 1 <= n_u - 1 && v_hi + 1 <= n_v - 1) {
+      bilinear_row_inside(centre, static_cast<int32_t>(pl.s_u), 0, P, h, s, au, av, cos_f, sin_f,
+                          o);
+      continue;
     }
+    if (u_hi + 1 < 0 || v_hi + 1 < 0 || u_lo > n_u - 1 || v_lo > n_v - 1) {
+      for (int j = 0; j < P; ++j) o[j] = pl.fill;
+      continue;
+    }
+    int j0 = P, j1 = P;  // the inside run, found with the same arithmetic the kernels use
+    for (int j = 0; j < P; ++j) {
+      const float b = (j - h) * s;
+      const int32_t u0 = icu + floor_small(au - sin_f * b);
+      const int32_t v0 = icv + floor_small(av + cos_f * b);
+      const bool inside = u0 >= 0 && u0 + 1 < n_u && v0 >= 0 && v0 + 1 < n_v;
+      if (inside && j0 == P) j0 = j;
+      if (!inside && j0 != P) {
+        j1 = j;
+        break;
+      }
+    }
+    if (j0 > 0)
+      bilinear_row_checked(pl.base, n_u, n_v, icu, icv, 0, j0, h, s, au, av, cos_f, sin_f,
+                           pl.fill, o);
+    if (j0 < j1)
+      bilinear_row_inside(centre, static_cast<int32_t>(pl.s_u), j0, j1, h, s, au, av, cos_f,
+                          sin_f, o);
+    if (j1 < P)
+      bilinear_row_checked(pl.base, n_u, n_v, icu, icv, j1, P, h, s, au, av, cos_f, sin_f,
+                           pl.fill, o);
   }
 }
 
