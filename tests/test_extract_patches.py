@@ -255,3 +255,37 @@ def test_out_buffers_are_reused_and_checked(fast_backend):
         extract_patches(src, c2, backend=fast_backend, out=wrong)
     with pytest.raises(ValueError, match="out= is supported"):
         extract_patches(src, c2, backend="torch", out=first)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("augment", ["paper", "wide", "absurd"])
+def test_many_samples_per_slice_match_reference(threads, augment):
+    """Dense batches (several samples per slice) take the C++ padded-slice path; large rotations
+    and scales stretch its border, and a huge scale falls back to the checked path."""
+    if "cpp" not in available_backends():
+        pytest.skip("extension not built")
+    g = torch.Generator().manual_seed(11)
+    shape = (23, 6, 19)  # slice axis 1: six slices, ~50 samples each
+    vol = torch.randn(shape, generator=g, dtype=torch.float64)
+    cfg = PatchConfig(slice_axis=1, patch2d=9, strides=(1, 2, 3), patch3d=5, grid=3, fill=0.3)
+    n = 300
+    centres = torch.stack([torch.randint(0, s, (n,), generator=g) for s in shape], 1)
+    if augment != "paper":
+        rotation = torch.rand(n, generator=g, dtype=torch.float64) * 360 - 180
+        scale = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.2
+        if augment == "absurd":
+            scale[0] = 40.0  # the border would be absurd: the whole call keeps the checked path
+    else:
+        rotation = torch.rand(n, generator=g, dtype=torch.float64) * 20 - 10
+        scale = torch.rand(n, generator=g, dtype=torch.float64) * 0.2 + 0.9
+        rotation[::7] = 0.0  # a mix of aligned and rotated samples
+        scale[::7] = 1.0
+    src64 = prepare_patch_source(vol, cfg)
+    src32 = prepare_patch_source(vol.float(), cfg)
+    ref64 = extract_patches_ref(src64, centres, rotation, scale)
+    ref32 = extract_patches_ref(src32, centres, rotation, scale)
+    out = extract_patches(src32, centres, rotation=rotation, scale=scale, backend="cpp", num_threads=threads)
+    for name, r64, r32, got in zip(out._fields, ref64, ref32, out):
+        if r64 is not None:
+            err = float((got.double() - r64).abs().max())
+            assert err <= float32_tolerance(r64, r32), (name, err)

@@ -17,13 +17,22 @@
 #include <algorithm>
 #include <cstring>
 #include <vector>
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define SPATIALSEG_SSE2 1
+#endif
 
 #include "landmark_distances.hpp"
 #include "parallel.hpp"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace spatialseg {
 
 constexpr int kMaxScales = 8;
+// Samples a thread must have in one slice before it copies the slice into a padded buffer.
+constexpr int kPadMinPerSlice = 4;
 
 struct PatchGeometry {
   int64_t shape[3];
@@ -201,31 +210,171 @@ inline void sample_plane_bilinear(const Plane& pl, int64_t cu, int64_t cv, int P
   }
 }
 
+#if SPATIALSEG_SSE2
+// Copies n floats to dst with non-temporal stores (the outputs are far larger than the caches
+// and are not read back here): no read-for-ownership of the destination lines.
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) {
+    int32_t x;
+    std::memcpy(&x, src + i, 4);
+    _mm_stream_si32(reinterpret_cast<int*>(dst + i), x);
+  }
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+  for (; i < n; ++i) {
+    int32_t x;
+    std::memcpy(&x, src + i, 4);
+    _mm_stream_si32(reinterpret_cast<int*>(dst + i), x);
+  }
+}
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+inline void stream_fence() {}
+#endif
+
 inline void copy_patch3d(const float* vol, const int64_t shape[3], const int64_t c[3], int Q,
-                         float fill, float* out) {
+                         float fill, float* __restrict out) {
   const int64_t h = (Q - 1) / 2;
   const int64_t s0 = shape[1] * shape[2], s1 = shape[2];
+  const int64_t lo = c[2] - h;
+  // The split of a row into [fill | copy | fill] is the same for every row.
+  int k0 = lo < 0 ? static_cast<int>(-lo) : 0;
+  int k1 = lo + Q > shape[2] ? static_cast<int>(shape[2] - lo) : Q;
+  if (k1 < k0) k1 = k0;
   for (int a = 0; a < Q; ++a) {
     const int64_t x0 = c[0] - h + a;
     for (int b = 0; b < Q; ++b) {
       const int64_t x1 = c[1] - h + b;
-      float* o = out + (static_cast<int64_t>(a) * Q + b) * Q;
+      float* __restrict o = out + (static_cast<int64_t>(a) * Q + b) * Q;
       if (x0 < 0 || x0 >= shape[0] || x1 < 0 || x1 >= shape[1]) {
         for (int k = 0; k < Q; ++k) o[k] = fill;
         continue;
       }
-      const float* row = vol + x0 * s0 + x1 * s1;
-      const int64_t lo = c[2] - h;
-      // Split the row into [fill | copy | fill] so the middle is a memcpy.
-      int k0 = lo < 0 ? static_cast<int>(-lo) : 0;
-      int k1 = lo + Q > shape[2] ? static_cast<int>(shape[2] - lo) : Q;
-      if (k1 < k0) k1 = k0;
+      const float* __restrict row = vol + x0 * s0 + x1 * s1 + lo;
       for (int k = 0; k < k0; ++k) o[k] = fill;
-      std::memcpy(o + k0, row + lo + k0, sizeof(float) * (k1 - k0));
-      for (int k = k1; k < Q; ++k) o[k] = fill;
+      int k = k0;
+      // Explicit vector copy: a plain loop is turned into a memcpy call, which costs more than
+      // the copy for rows this short.
+#if SPATIALSEG_SSE2
+      for (; k + 4 <= k1; k += 4) _mm_storeu_ps(o + k, _mm_loadu_ps(row + k));
+#endif
+      for (; k < k1; ++k) o[k] = row[k];
+      for (k = k1; k < Q; ++k) o[k] = fill;
     }
   }
 }
+
+#if SPATIALSEG_SSE2
+// low 32 bits of a * b per lane (SSE2 has no pmulld; the low half is the same for signed values)
+inline __m128i mullo_epi32_sse2(__m128i a, __m128i b) {
+  const __m128i even = _mm_mul_epu32(a, b);
+  const __m128i odd = _mm_mul_epu32(_mm_srli_si128(a, 4), _mm_srli_si128(b, 4));
+  return _mm_unpacklo_epi32(_mm_shuffle_epi32(even, _MM_SHUFFLE(0, 0, 2, 0)),
+                            _mm_shuffle_epi32(odd, _MM_SHUFFLE(0, 0, 2, 0)));
+}
+#endif
+
+// Rotated / scaled patch whose every tap is known to lie inside the plane, computed over all
+// P*P samples at once (no per-row set-up). ta[k] = (i - h) s and tb[k] = (j - h) s for k = i P + j,
+// so ru = cos_f ta - sin_f tb and rv = sin_f ta + cos_f tb are the very sums the row kernel forms.
+inline void bilinear_patch_inside(const float* __restrict centre, int32_t su, int n,
+                                  const float* __restrict ta, const float* __restrict tb,
+                                  float cos_f, float sin_f, float* __restrict o) {
+  int k = 0;
+#if SPATIALSEG_SSE2
+  const __m128 vsin = _mm_set1_ps(sin_f), vcos = _mm_set1_ps(cos_f);
+  const __m128i vsu = _mm_set1_epi32(su);
+  alignas(16) int32_t idx[4];
+  for (; k + 4 <= n; k += 4) {
+    const __m128 a = _mm_loadu_ps(ta + k), b = _mm_loadu_ps(tb + k);
+    const __m128 ru = _mm_sub_ps(_mm_mul_ps(vcos, a), _mm_mul_ps(vsin, b));
+    const __m128 rv = _mm_add_ps(_mm_mul_ps(vsin, a), _mm_mul_ps(vcos, b));
+    __m128i iu = _mm_cvttps_epi32(ru), iv = _mm_cvttps_epi32(rv);
+    iu = _mm_add_epi32(iu, _mm_castps_si128(_mm_cmplt_ps(ru, _mm_cvtepi32_ps(iu))));
+    iv = _mm_add_epi32(iv, _mm_castps_si128(_mm_cmplt_ps(rv, _mm_cvtepi32_ps(iv))));
+    const __m128 wu = _mm_sub_ps(ru, _mm_cvtepi32_ps(iu));
+    const __m128 wv = _mm_sub_ps(rv, _mm_cvtepi32_ps(iv));
+    _mm_store_si128(reinterpret_cast<__m128i*>(idx), _mm_add_epi32(mullo_epi32_sse2(iu, vsu), iv));
+    const float* p0 = centre + idx[0];
+    const float* p1 = centre + idx[1];
+    const float* p2 = centre + idx[2];
+    const float* p3 = centre + idx[3];
+    const __m128 a01 = _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p0))),
+                                    reinterpret_cast<const __m64*>(p1));
+    const __m128 a23 = _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p2))),
+                                    reinterpret_cast<const __m64*>(p3));
+    const __m128 b01 = _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p0 + su))),
+                                    reinterpret_cast<const __m64*>(p1 + su));
+    const __m128 b23 = _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p2 + su))),
+                                    reinterpret_cast<const __m64*>(p3 + su));
+    const __m128 t00 = _mm_shuffle_ps(a01, a23, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m128 t01 = _mm_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m128 t10 = _mm_shuffle_ps(b01, b23, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m128 t11 = _mm_shuffle_ps(b01, b23, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m128 top = _mm_add_ps(t00, _mm_mul_ps(wv, _mm_sub_ps(t01, t00)));
+    const __m128 bot = _mm_add_ps(t10, _mm_mul_ps(wv, _mm_sub_ps(t11, t10)));
+    _mm_storeu_ps(o + k, _mm_add_ps(top, _mm_mul_ps(wu, _mm_sub_ps(bot, top))));
+  }
+#endif
+  for (; k < n; ++k) {
+    const float ru = cos_f * ta[k] - sin_f * tb[k];
+    const float rv = sin_f * ta[k] + cos_f * tb[k];
+    const int32_t iu = floor_small(ru), iv = floor_small(rv);
+    const float wu = ru - static_cast<float>(iu);
+    const float wv = rv - static_cast<float>(iv);
+    const int32_t q = iu * su + iv;
+    const float t00 = centre[q], t01 = centre[q + 1], t10 = centre[q + su], t11 = centre[q + su + 1];
+    const float top = t00 + wv * (t01 - t00);
+    const float bot = t10 + wv * (t11 - t10);
+    o[k] = top + wu * (bot - top);
+  }
+}
+
+// A per-thread copy of one slice of every scale, framed by a border of `fill` wide enough for
+// every tap of every patch: patches then never need bounds checks, and the slice is read from
+// memory as one sequential stream (which the hardware prefetchers follow), not as the scattered
+// rows of random patches, whose misses otherwise dominate the run time.
+struct PaddedSlices {
+  int S = 0;
+  int64_t n_u = 0, n_v = 0;
+  int64_t margin[kMaxScales] = {};
+  int64_t pu[kMaxScales] = {}, pv[kMaxScales] = {};  // padded sizes
+  int64_t offset[kMaxScales] = {};
+  std::vector<float> buf;
+  int64_t slice = -1;
+
+  void init(int S_, int64_t n_u_, int64_t n_v_, const int64_t* margins, float fill) {
+    S = S_;
+    n_u = n_u_;
+    n_v = n_v_;
+    int64_t total = 0;
+    for (int k = 0; k < S; ++k) {
+      margin[k] = margins[k];
+      pu[k] = n_u + 2 * margin[k];
+      pv[k] = n_v + 2 * margin[k];
+      offset[k] = total;
+      total += pu[k] * pv[k];
+    }
+    buf.assign(total, fill);  // the border is written once; load() overwrites the interior
+    slice = -1;
+  }
+  void load(const float* scales, int64_t voxels, int64_t w) {
+    const int64_t plane = n_u * n_v;
+    for (int k = 0; k < S; ++k) {
+      const float* src = scales + k * voxels + w * plane;
+      float* dst = buf.data() + offset[k] + margin[k] * pv[k] + margin[k];
+      for (int64_t r = 0; r < n_u; ++r)
+        std::memcpy(dst + r * pv[k], src + r * n_v, sizeof(float) * n_v);
+    }
+    slice = w;
+  }
+  Plane plane(int k, float fill) const {
+    return Plane{buf.data() + offset[k], pu[k], pv[k], pv[k], 1, fill};
+  }
+};
 
 }  // namespace detail
 
@@ -253,6 +402,7 @@ inline void extract_patches(const float* scales, const float* volume, const floa
   const double deg = 3.14159265358979323846 / 180.0;
   const int nt = resolve_threads(num_threads, n);
   const int64_t plane = g.shape[u] * g.shape[v];
+  const float hf = (P - 1) / 2.0f;
 
   // Visit samples slice by slice (outputs keep their order): neighbouring samples then share
   // the slice they read, which stays in cache.
@@ -262,39 +412,138 @@ inline void extract_patches(const float* scales, const float* volume, const floa
     return centres[3 * a + w] < centres[3 * b + w];
   });
 
+  // Per-sample rotation (cos, sin, both times the scale) and the largest patch extent, which
+  // sizes the border of the padded slices.
+  std::vector<float> cs(out2d != nullptr ? 2 * n : 0);
+  float max_ext = 0.0f;
+  if (out2d != nullptr) {
+    for (int64_t p = 0; p < n; ++p) {
+      const double t = rotation_deg ? rotation_deg[p] * deg : 0.0;
+      const double f = scale ? static_cast<double>(scale[p]) : 1.0;
+      cs[2 * p] = static_cast<float>(f * std::cos(t));
+      cs[2 * p + 1] = static_cast<float>(f * std::sin(t));
+      const float e = std::fabs(cs[2 * p]) + std::fabs(cs[2 * p + 1]);
+      if (!(e <= max_ext)) max_ext = e;  // NaN propagates and disables padding below
+    }
+  }
+  // Padding: worthwhile when a thread has several samples per slice; the border must hold every
+  // tap (|offset| <= max_ext * h * s, plus the +1 tap and a voxel for rounding).
+  int64_t margins[kMaxScales] = {};
+  bool pad = out2d != nullptr && std::isfinite(max_ext);
+  for (int k = 0; pad && k < g.num_scales; ++k) {
+    const double m = std::ceil(static_cast<double>(max_ext) * hf * g.strides[k]) + 3.0;
+    if (m > 4.0 * (g.shape[u] + g.shape[v])) pad = false;  // absurd scales: keep the checked path
+    margins[k] = static_cast<int64_t>(m);
+  }
+  const int64_t per_thread = (n + nt - 1) / nt;
+  // A slice copy reads the whole slice; it pays off only when several of a thread's samples
+  // share it (few samples per call: keep the direct, bounds-checked path).
+  if (pad && static_cast<double>(n) / static_cast<double>(g.shape[w]) < kPadMinPerSlice &&
+      per_thread < 2 * kPadMinPerSlice)
+    pad = false;
+
+  // Flat (a, b) tables per scale for the all-inside patch kernel.
+  std::vector<float> tab(out2d != nullptr ? 2 * g.num_scales * per2d : 0);
+  for (int k = 0; k < (out2d != nullptr ? g.num_scales : 0); ++k) {
+    float* ta = tab.data() + 2 * k * per2d;
+    float* tb = ta + per2d;
+    const int s = g.strides[k];
+    for (int i = 0; i < P; ++i)
+      for (int j = 0; j < P; ++j) {
+        ta[i * P + j] = (i - hf) * s;
+        tb[i * P + j] = (j - hf) * s;
+      }
+  }
+
 #pragma omp parallel num_threads(nt)
   {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int tid = 0, nth = 1;
+#endif
+    // contiguous blocks of the sorted order, as schedule(static)
+    const int64_t q_lo = n * tid / nth, q_hi = n * (tid + 1) / nth;
     std::vector<float> sq(3 * (G > 0 ? G : 1));
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < n; ++q) {
+    detail::PaddedSlices ps;
+    bool ps_ready = false;
+    std::vector<float> scratch(g.num_scales * per2d + per3d + perg + 16);
+    // Two passes over this thread's samples: the 2D patches (working set: the padded slices),
+    // then the 3D patches (working set: the volume rows around the current slice). Together
+    // they exceed the L2 cache and evict each other; apart, each stays cache-resident.
+    for (int pass = 0; pass < 2; ++pass)
+    for (int64_t q = q_lo; q < q_hi; ++q) {
       const int64_t p = order[q];
       const int64_t* c = centres + 3 * p;
-      if (out2d != nullptr) {
-        const double t = rotation_deg ? rotation_deg[p] * deg : 0.0;
-        const double f = scale ? static_cast<double>(scale[p]) : 1.0;
-        const bool aligned = t == 0.0 && f == 1.0;
-        const float cos_f = static_cast<float>(f * std::cos(t));
-        const float sin_f = static_cast<float>(f * std::sin(t));
+      float* o2 = scratch.data();
+      float* o3 = o2 + g.num_scales * per2d;
+      float* od = o3 + per3d;
+      if (out2d != nullptr && pass == 0) {
+        const float cos_f = cs[2 * p], sin_f = cs[2 * p + 1];
+        const bool aligned = (rotation_deg == nullptr || rotation_deg[p] == 0.0f) &&
+                             (scale == nullptr || scale[p] == 1.0f);
+        bool use_pad = false;
+        if (pad) {
+          if (ps_ready && ps.slice == c[w]) {
+            use_pad = true;
+          } else {
+            int64_t run = 1;
+            while (q + run < q_hi && centres[3 * order[q + run] + w] == c[w]) ++run;
+            if (run >= kPadMinPerSlice) {
+              if (!ps_ready) {
+                ps.init(g.num_scales, g.shape[u], g.shape[v], margins, g.fill);
+                ps_ready = true;
+              }
+              ps.load(scales, voxels, c[w]);
+              use_pad = true;
+            }
+          }
+        }
         for (int k = 0; k < g.num_scales; ++k) {
+          float* o = o2 + k * per2d;
+          const int s = g.strides[k];
+          if (use_pad) {
+            const detail::Plane pl = ps.plane(k, g.fill);
+            const int64_t cu = c[u] + ps.margin[k], cv = c[v] + ps.margin[k];
+            if (aligned) {
+              detail::sample_plane_aligned(pl, cu, cv, P, s, o);
+            } else {
+              const float e = (std::fabs(cos_f) + std::fabs(sin_f)) * hf * s + 1.0f;
+              if (cu - e >= 0 && cv - e >= 0 && cu + e + 1 <= pl.n_u - 1 && cv + e + 1 <= pl.n_v - 1) {
+                const float* ta = tab.data() + 2 * k * per2d;
+                detail::bilinear_patch_inside(pl.base + cu * pl.s_u + cv, static_cast<int32_t>(pl.s_u),
+                                              static_cast<int>(per2d), ta, ta + per2d, cos_f, sin_f, o);
+              } else {
+                detail::sample_plane_bilinear(pl, cu, cv, P, s, cos_f, sin_f, o);
+              }
+            }
+            continue;
+          }
           detail::Plane pl{scales + k * voxels + c[w] * plane, g.shape[u], g.shape[v], g.shape[v], 1,
                            g.fill};
-          float* o = out2d + (p * g.num_scales + k) * per2d;
           if (aligned)
-            detail::sample_plane_aligned(pl, c[u], c[v], P, g.strides[k], o);
+            detail::sample_plane_aligned(pl, c[u], c[v], P, s, o);
           else
-            detail::sample_plane_bilinear(pl, c[u], c[v], P, g.strides[k], cos_f, sin_f, o);
+            detail::sample_plane_bilinear(pl, c[u], c[v], P, s, cos_f, sin_f, o);
         }
       }
+      if (pass == 0) {
+        if (out2d) detail::stream_copy(out2d + p * g.num_scales * per2d, o2, g.num_scales * per2d);
+        continue;
+      }
       if (out3d != nullptr && Q > 0)
-        detail::copy_patch3d(volume, g.shape, c, Q, g.fill, out3d + p * per3d);
+        detail::copy_patch3d(volume, g.shape, c, Q, g.fill, o3);
       if (out_dist != nullptr && G > 0)
         landmark_distances_point(g.grid, static_cast<double>(c[0]), static_cast<double>(c[1]),
-                                 static_cast<double>(c[2]), sq.data(), out_dist + p * perg);
+                                 static_cast<double>(c[2]), sq.data(), od);
+      if (out3d && Q > 0) detail::stream_copy(out3d + p * per3d, o3, per3d);
+      if (out_dist && G > 0) detail::stream_copy(out_dist + p * perg, od, perg);
       if (out_atlas != nullptr && g.num_labels > 0) {
         const float* a = atlas + (c[0] * st[0] + c[1] * st[1] + c[2]) * g.num_labels;
         std::memcpy(out_atlas + p * g.num_labels, a, sizeof(float) * g.num_labels);
       }
     }
+    detail::stream_fence();  // streaming stores are weakly ordered: complete them before the join
   }
 }
 
