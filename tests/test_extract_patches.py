@@ -289,3 +289,14 @@ def test_many_samples_per_slice_match_reference(threads, augment):
         if r64 is not None:
             err = float((got.double() - r64).abs().max())
             assert err <= float32_tolerance(r64, r32), (name, err)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_int32_and_uint8_centres_are_accepted(backend):
+    cfg = PatchConfig(patch2d=5, patch3d=3, grid=2)
+    vol = coded_volume((6, 7, 8)).float()
+    dev = device_for(backend)
+    expected = extract_patches(vol, torch.tensor([[1, 2, 3]]), config=cfg, backend="torch")
+    for dtype in (torch.int32, torch.uint8):
+        got = extract_patches(vol.to(dev), torch.tensor([[1, 2, 3]], dtype=dtype, device=dev), config=cfg, backend=backend)
+        assert torch.equal(got.planes.cpu(), expected.planes)

@@ -251,7 +251,7 @@ def extract_patches(
         source = prepare_patch_source(volume, config, atlas=atlas, spacing=spacing)
     cfg = source.config
     dev = source.volume.device
-    c = check_centres(centres, source.shape, integer=True).to(dev)
+    c = check_centres(centres, source.shape, integer=True).to(device=dev, dtype=torch.int64)
     n = c.shape[0]
     rot = check_per_sample(rotation, n, "rotation", dev)
     scl = check_per_sample(scale, n, "scale", dev, positive=True)
