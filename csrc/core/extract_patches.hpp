@@ -90,6 +90,14 @@ inline int32_t floor_small(float x) {
   return t - static_cast<int32_t>(x < static_cast<float>(t));
 }
 
+// Bilinear blend of the taps (u0, v0), (u0, v0+1), (u0+1, v0), (u0+1, v0+1); the operation order
+// is the one every path (and the torch reference) uses.
+inline float bilerp(float t00, float t01, float t10, float t11, float wu, float wv) {
+  const float top = t00 + wv * (t01 - t00);
+  const float bot = t10 + wv * (t11 - t10);
+  return top + wu * (bot - top);
+}
+
 // One output row of a rotated / scaled patch. The row is split into an index/weight pass and a
 // load + lerp pass; both vectorise with baseline SSE2 (AVX2 gathers measured no faster here).
 // `centre` points at the patch centre; every tap of this row must lie inside the plane.
@@ -109,10 +117,7 @@ inline void bilinear_row_inside(const float* __restrict centre, int32_t su, int 
   }
   for (int j = j0; j < j1; ++j) {
     const int32_t k = idx[j];
-    const float t00 = centre[k], t01 = centre[k + 1], t10 = centre[k + su], t11 = centre[k + su + 1];
-    const float top = t00 + wv[j] * (t01 - t00);
-    const float bot = t10 + wv[j] * (t11 - t10);
-    o[j] = top + wu[j] * (bot - top);
+    o[j] = bilerp(centre[k], centre[k + 1], centre[k + su], centre[k + su + 1], wu[j], wv[j]);
   }
 }
 
@@ -154,9 +159,7 @@ inline void bilinear_row_checked(const float* __restrict plane, int32_t n_u, int
     const float g10 = plane[k10[j]], g11 = plane[k11[j]];
     const float t00 = m00[j] ? g00 : fill, t01 = m01[j] ? g01 : fill;
     const float t10 = m10[j] ? g10 : fill, t11 = m11[j] ? g11 : fill;
-    const float top = t00 + wv[j] * (t01 - t00);
-    const float bot = t10 + wv[j] * (t11 - t10);
-    o[j] = top + wu[j] * (bot - top);
+    o[j] = bilerp(t00, t01, t10, t11, wu[j], wv[j]);
   }
 }
 
@@ -253,15 +256,15 @@ inline void copy_patch3d(const float* vol, const int64_t shape[3], const int64_t
         for (int k = 0; k < Q; ++k) o[k] = fill;
         continue;
       }
-      const float* __restrict row = vol + x0 * s0 + x1 * s1 + lo;
+      const float* __restrict row = vol + x0 * s0 + x1 * s1;  // row[lo + k] for k in [k0, k1)
       for (int k = 0; k < k0; ++k) o[k] = fill;
       int k = k0;
       // Explicit vector copy: a plain loop is turned into a memcpy call, which costs more than
       // the copy for rows this short.
 #if SPATIALSEG_SSE2
-      for (; k + 4 <= k1; k += 4) _mm_storeu_ps(o + k, _mm_loadu_ps(row + k));
+      for (; k + 4 <= k1; k += 4) _mm_storeu_ps(o + k, _mm_loadu_ps(row + lo + k));
 #endif
-      for (; k < k1; ++k) o[k] = row[k];
+      for (; k < k1; ++k) o[k] = row[lo + k];
       for (k = k1; k < Q; ++k) o[k] = fill;
     }
   }
@@ -326,10 +329,7 @@ inline void bilinear_patch_inside(const float* __restrict centre, int32_t su, in
     const float wu = ru - static_cast<float>(iu);
     const float wv = rv - static_cast<float>(iv);
     const int32_t q = iu * su + iv;
-    const float t00 = centre[q], t01 = centre[q + 1], t10 = centre[q + su], t11 = centre[q + su + 1];
-    const float top = t00 + wv * (t01 - t00);
-    const float bot = t10 + wv * (t11 - t10);
-    o[k] = top + wu * (bot - top);
+    o[k] = bilerp(centre[q], centre[q + 1], centre[q + su], centre[q + su + 1], wu, wv);
   }
 }
 
@@ -426,8 +426,9 @@ inline void extract_patches(const float* scales, const float* volume, const floa
       if (!(e <= max_ext)) max_ext = e;  // NaN propagates and disables padding below
     }
   }
-  // Padding: worthwhile when a thread has several samples per slice; the border must hold every
-  // tap (|offset| <= max_ext * h * s, plus the +1 tap and a voxel for rounding).
+  // Padded slices (see PaddedSlices): the border must hold every tap, |offset| <= max_ext h s,
+  // plus the +1 tap and a voxel for rounding. Whether a slice is copied at all is decided per
+  // slice below, by how many of a thread's samples share it.
   int64_t margins[kMaxScales] = {};
   bool pad = out2d != nullptr && std::isfinite(max_ext);
   for (int k = 0; pad && k < g.num_scales; ++k) {
@@ -435,12 +436,6 @@ inline void extract_patches(const float* scales, const float* volume, const floa
     if (m > 4.0 * (g.shape[u] + g.shape[v])) pad = false;  // absurd scales: keep the checked path
     margins[k] = static_cast<int64_t>(m);
   }
-  const int64_t per_thread = (n + nt - 1) / nt;
-  // A slice copy reads the whole slice; it pays off only when several of a thread's samples
-  // share it (few samples per call: keep the direct, bounds-checked path).
-  if (pad && static_cast<double>(n) / static_cast<double>(g.shape[w]) < kPadMinPerSlice &&
-      per_thread < 2 * kPadMinPerSlice)
-    pad = false;
 
   // Flat (a, b) tables per scale for the all-inside patch kernel.
   std::vector<float> tab(out2d != nullptr ? 2 * g.num_scales * per2d : 0);
@@ -462,23 +457,21 @@ inline void extract_patches(const float* scales, const float* volume, const floa
 #else
     const int tid = 0, nth = 1;
 #endif
-    // contiguous blocks of the sorted order, as schedule(static)
+    // Each thread takes a contiguous block of the sorted order (as schedule(static) would), so
+    // its samples of one slice are adjacent.
     const int64_t q_lo = n * tid / nth, q_hi = n * (tid + 1) / nth;
-    std::vector<float> sq(3 * (G > 0 ? G : 1));
-    detail::PaddedSlices ps;
-    bool ps_ready = false;
-    std::vector<float> scratch(g.num_scales * per2d + per3d + perg + 16);
-    // Two passes over this thread's samples: the 2D patches (working set: the padded slices),
-    // then the 3D patches (working set: the volume rows around the current slice). Together
-    // they exceed the L2 cache and evict each other; apart, each stays cache-resident.
-    for (int pass = 0; pass < 2; ++pass)
-    for (int64_t q = q_lo; q < q_hi; ++q) {
-      const int64_t p = order[q];
-      const int64_t* c = centres + 3 * p;
-      float* o2 = scratch.data();
-      float* o3 = o2 + g.num_scales * per2d;
-      float* od = o3 + per3d;
-      if (out2d != nullptr && pass == 0) {
+    // Each sample is assembled in cache-resident scratch, then streamed to the output.
+    std::vector<float> scratch(std::max(g.num_scales * per2d, per3d + perg));
+
+    // Pass 1, the 2D patches (working set: the current slice of every scale). The 3D patches
+    // come in pass 2 (working set: the volume rows around the current slice): together the two
+    // exceed the L2 cache and evict each other; apart, each stays resident.
+    if (out2d != nullptr) {
+      detail::PaddedSlices ps;
+      bool ps_ready = false;
+      for (int64_t q = q_lo; q < q_hi; ++q) {
+        const int64_t p = order[q];
+        const int64_t* c = centres + 3 * p;
         const float cos_f = cs[2 * p], sin_f = cs[2 * p + 1];
         const bool aligned = (rotation_deg == nullptr || rotation_deg[p] == 0.0f) &&
                              (scale == nullptr || scale[p] == 1.0f);
@@ -487,6 +480,7 @@ inline void extract_patches(const float* scales, const float* volume, const floa
           if (ps_ready && ps.slice == c[w]) {
             use_pad = true;
           } else {
+            // A slice copy reads the whole slice: worth it only for a run of samples sharing it.
             int64_t run = 1;
             while (q + run < q_hi && centres[3 * order[q + run] + w] == c[w]) ++run;
             if (run >= kPadMinPerSlice) {
@@ -500,44 +494,50 @@ inline void extract_patches(const float* scales, const float* volume, const floa
           }
         }
         for (int k = 0; k < g.num_scales; ++k) {
-          float* o = o2 + k * per2d;
+          float* o = scratch.data() + k * per2d;
           const int s = g.strides[k];
+          detail::Plane pl{scales + k * voxels + c[w] * plane, g.shape[u], g.shape[v], g.shape[v],
+                           1, g.fill};
+          int64_t cu = c[u], cv = c[v];
           if (use_pad) {
-            const detail::Plane pl = ps.plane(k, g.fill);
-            const int64_t cu = c[u] + ps.margin[k], cv = c[v] + ps.margin[k];
-            if (aligned) {
-              detail::sample_plane_aligned(pl, cu, cv, P, s, o);
-            } else {
-              const float e = (std::fabs(cos_f) + std::fabs(sin_f)) * hf * s + 1.0f;
-              if (cu - e >= 0 && cv - e >= 0 && cu + e + 1 <= pl.n_u - 1 && cv + e + 1 <= pl.n_v - 1) {
-                const float* ta = tab.data() + 2 * k * per2d;
-                detail::bilinear_patch_inside(pl.base + cu * pl.s_u + cv, static_cast<int32_t>(pl.s_u),
-                                              static_cast<int>(per2d), ta, ta + per2d, cos_f, sin_f, o);
-              } else {
-                detail::sample_plane_bilinear(pl, cu, cv, P, s, cos_f, sin_f, o);
-              }
-            }
+            pl = ps.plane(k, g.fill);
+            cu += ps.margin[k];
+            cv += ps.margin[k];
+          }
+          if (aligned) {
+            detail::sample_plane_aligned(pl, cu, cv, P, s, o);
             continue;
           }
-          detail::Plane pl{scales + k * voxels + c[w] * plane, g.shape[u], g.shape[v], g.shape[v], 1,
-                           g.fill};
-          if (aligned)
-            detail::sample_plane_aligned(pl, c[u], c[v], P, s, o);
-          else
-            detail::sample_plane_bilinear(pl, c[u], c[v], P, s, cos_f, sin_f, o);
+          const float e = (std::fabs(cos_f) + std::fabs(sin_f)) * hf * s + 1.0f;
+          if (use_pad && cu - e >= 0 && cv - e >= 0 && cu + e + 1 <= pl.n_u - 1 &&
+              cv + e + 1 <= pl.n_v - 1) {
+            const float* ta = tab.data() + 2 * k * per2d;
+            detail::bilinear_patch_inside(pl.base + cu * pl.s_u + cv, static_cast<int32_t>(pl.s_u),
+                                          static_cast<int>(per2d), ta, ta + per2d, cos_f, sin_f, o);
+          } else {
+            detail::sample_plane_bilinear(pl, cu, cv, P, s, cos_f, sin_f, o);
+          }
         }
+        detail::stream_copy(out2d + p * g.num_scales * per2d, scratch.data(), g.num_scales * per2d);
       }
-      if (pass == 0) {
-        if (out2d) detail::stream_copy(out2d + p * g.num_scales * per2d, o2, g.num_scales * per2d);
-        continue;
-      }
-      if (out3d != nullptr && Q > 0)
+    }
+
+    // Pass 2: 3D patch, landmark distances, atlas vector.
+    std::vector<float> sq(3 * (G > 0 ? G : 1));
+    float* o3 = scratch.data();
+    float* od = o3 + per3d;
+    for (int64_t q = q_lo; q < q_hi; ++q) {
+      const int64_t p = order[q];
+      const int64_t* c = centres + 3 * p;
+      if (out3d != nullptr && Q > 0) {
         detail::copy_patch3d(volume, g.shape, c, Q, g.fill, o3);
-      if (out_dist != nullptr && G > 0)
+        detail::stream_copy(out3d + p * per3d, o3, per3d);
+      }
+      if (out_dist != nullptr && G > 0) {
         landmark_distances_point(g.grid, static_cast<double>(c[0]), static_cast<double>(c[1]),
                                  static_cast<double>(c[2]), sq.data(), od);
-      if (out3d && Q > 0) detail::stream_copy(out3d + p * per3d, o3, per3d);
-      if (out_dist && G > 0) detail::stream_copy(out_dist + p * perg, od, perg);
+        detail::stream_copy(out_dist + p * perg, od, perg);
+      }
       if (out_atlas != nullptr && g.num_labels > 0) {
         const float* a = atlas + (c[0] * st[0] + c[1] * st[1] + c[2]) * g.num_labels;
         std::memcpy(out_atlas + p * g.num_labels, a, sizeof(float) * g.num_labels);
