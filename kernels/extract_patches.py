@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spatialseg_fast.ops.extract_patches import Patches, PatchSource
+from spatialseg_fast.ops.extract_patches import Patches, PatchSource, rotation_terms
 
 
 @triton.jit
@@ -96,28 +96,18 @@ def _extract_patches_kernel(
                 tl.store(atlas_out_ptr + sample * num_labels + j, val, mask=m)
 
 
-def extract_patches_triton(source: PatchSource, centres: torch.Tensor, rotation=None, scale=None, out=None) -> Patches:
-    """Fused patch extraction on a float32 PatchSource; centres [N, 3] int64 on its device.
-
-    `out`: validated preallocated Patches to write into (see extract_patches)."""
+def extract_patches_triton(source: PatchSource, centres: torch.Tensor, rotation, scale, out: Patches) -> None:
+    """Fused patch extraction on a float32 PatchSource into `out` (validated, allocated by the
+    dispatcher); centres [N, 3] int64 on the source's device; rotation/scale [N] or None."""
     cfg = source.config
     dev = source.volume.device
     n = centres.shape[0]
+    if n == 0:
+        return
     P, Q, G, S = cfg.patch2d, cfg.patch3d, cfg.grid, cfg.num_scales
     L = 0 if source.atlas is None else source.atlas.shape[-1]
-    if out is None:
-        planes = torch.empty((n, S, P, P), dtype=torch.float32, device=dev)
-        cube = torch.empty((n, Q, Q, Q), dtype=torch.float32, device=dev) if Q else None
-        distances = torch.empty((n, G, G, G), dtype=torch.float32, device=dev) if G else None
-        atlas = torch.empty((n, L), dtype=torch.float32, device=dev) if L else None
-    else:
-        planes, cube, distances, atlas = out
-    if n == 0:
-        return Patches(planes, cube, distances, atlas)
-    t = torch.zeros(n, dtype=torch.float64, device=dev) if rotation is None else torch.deg2rad(rotation.to(torch.float64))
-    f = torch.ones(n, dtype=torch.float64, device=dev) if scale is None else scale.to(torch.float64)
-    cos_f = (f * torch.cos(t)).to(torch.float32).contiguous()
-    sin_f = (f * torch.sin(t)).to(torch.float32).contiguous()
+    planes, cube, distances, atlas = out
+    cos_f, sin_f = (t.contiguous() for t in rotation_terms(rotation, scale, n, dev, torch.float32))
     strides = torch.tensor(cfg.strides, dtype=torch.int32, device=dev)
     dummy = planes  # stands in for absent optional pointers (never dereferenced)
     n0, n1, n2 = source.shape
@@ -129,4 +119,3 @@ def extract_patches_triton(source: PatchSource, centres: torch.Tensor, rotation=
         BLOCK_2D=triton.next_power_of_2(P * P), BLOCK_3D=triton.next_power_of_2(max(Q, 1) ** 3),
         BLOCK_G=triton.next_power_of_2(max(G, 1) ** 3), BLOCK_L=128,
     )
-    return Patches(planes, cube, distances, atlas)

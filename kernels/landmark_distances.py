@@ -45,23 +45,19 @@ def _landmark_distances_kernel(
     tl.store(out_ptr + offs, d, mask=pmask[:, None] & kmask[None, :])
 
 
-def landmark_distances_triton(centres, shape, spacing, grid, *, box=None, device=None) -> torch.Tensor:
-    """[N, G, G, G] float32 distances; `centres` [N, 3] or `box` ((start, stop),) * 3."""
+def landmark_distances_triton(centres, box, shape, spacing, grid, out: torch.Tensor) -> None:
+    """Distances into `out` [N, G, G, G] float32 (allocated by the dispatcher) for `centres`
+    [N, 3], or, when centres is None, for every voxel of `box` ((start, stop),) * 3."""
+    n = out.shape[0]
+    if n == 0:
+        return
     if box is not None:
-        n = 1
-        for a, b in box:
-            n *= b - a
-        coords = torch.empty((1, 3), dtype=torch.float32, device=device)
+        coords = out  # unused by the kernel in box mode
         start = [a for a, _ in box]
         e1, e2 = box[1][1] - box[1][0], box[2][1] - box[2][0]
     else:
         coords = centres.detach().to(torch.float32).contiguous()
-        device = coords.device
-        n = coords.shape[0]
         start, e1, e2 = [0, 0, 0], 1, 1
-    out = torch.empty((n, grid, grid, grid), dtype=torch.float32, device=device)
-    if n == 0:
-        return out
     block_g = triton.next_power_of_2(grid ** 3)
     block_p = max(1, min(16, 4096 // block_g))
     _landmark_distances_kernel[(triton.cdiv(n, block_p),)](
@@ -71,4 +67,3 @@ def landmark_distances_triton(centres, shape, spacing, grid, *, box=None, device
         start[0], start[1], start[2], e1, e2,
         G=grid, BOX=box is not None, BLOCK_P=block_p, BLOCK_G=block_g,
     )
-    return out

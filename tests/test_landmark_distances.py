@@ -85,10 +85,17 @@ def test_box_mode_equals_explicit_coordinates(backend):
     assert float((out.cpu().double() - ref).abs().max()) < 1e-4
 
 
-def test_paper_view_is_a_reshape():
-    d = landmark_distances(torch.tensor([[3, 4, 5]]), (9, 9, 9), backend="torch")
-    images = d.reshape(1, 7, 7, 7)  # seven 7x7 images: one per landmark index along axis 0
-    assert torch.equal(images[0, 2], d[0, 2])
+@pytest.mark.parametrize("backend", available_backends())
+def test_paper_view_indexes_landmarks_by_axis(backend):
+    # Viewed as seven 7x7 images, image k holds the landmarks whose axis-0 index is k, and pixel
+    # (j, l) the one with axis-1 index j and axis-2 index l: check a few against hand arithmetic.
+    shape, spacing, point = (14, 21, 28), (1.0, 0.5, 2.0), (3, 17, 5)
+    d = landmark_distances(torch.tensor([point], device=device_for(backend)), shape, spacing, backend=backend)
+    images = d.reshape(1, 7, 7, 7)[0].cpu().double()
+    for k, j, l in [(0, 0, 0), (6, 1, 4), (2, 5, 6), (3, 3, 3)]:
+        c = [(idx + 0.5) * n / 7 - 0.5 for idx, n in zip((k, j, l), shape)]
+        expected = math.sqrt(sum(((x - ci) * s) ** 2 for x, ci, s in zip(point, c, spacing)))
+        assert abs(images[k, j, l] - expected) < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,15 @@ def _plane_index(source: PatchSource, w: torch.Tensor, u: torch.Tensor, v: torch
     return flat, inside
 
 
+def rotation_terms(rotation, scale, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f cos t, f sin t) per sample from rotations in degrees and scales (None: 0 and 1),
+    computed in float64 and cast to `dtype`; shared by the reference and the Triton launcher."""
+    t = torch.zeros(n, dtype=torch.float64, device=device) if rotation is None else rotation.to(device, torch.float64)
+    f = torch.ones(n, dtype=torch.float64, device=device) if scale is None else scale.to(device, torch.float64)
+    t = torch.deg2rad(t)
+    return (f * torch.cos(t)).to(dtype), (f * torch.sin(t)).to(dtype)
+
+
 def extract_patches_ref(source: PatchSource, centres: torch.Tensor, rotation=None, scale=None) -> Patches:
     """Plain-torch reference, vectorised over samples (gathers, no Python loop over centres).
 
@@ -141,10 +150,7 @@ def extract_patches_ref(source: PatchSource, centres: torch.Tensor, rotation=Non
     fill = torch.tensor(cfg.fill, dtype=dtype, device=dev)
 
     # 2D patches: sample (i, j) at c + f * R(t) @ ((i - h) s, (j - h) s), bilinear, taps outside read fill.
-    t = torch.zeros(n, dtype=torch.float64, device=dev) if rotation is None else rotation.to(dev, torch.float64)
-    f = torch.ones(n, dtype=torch.float64, device=dev) if scale is None else scale.to(dev, torch.float64)
-    t = torch.deg2rad(t)
-    cos_f, sin_f = (f * torch.cos(t)).to(dtype), (f * torch.sin(t)).to(dtype)
+    cos_f, sin_f = rotation_terms(rotation, scale, n, dev, dtype)
     h = (cfg.patch2d - 1) / 2.0
     offsets = torch.arange(cfg.patch2d, dtype=dtype, device=dev) - h
     w = c[:, cfg.slice_axis].view(n, 1, 1)
@@ -266,7 +272,9 @@ def extract_patches(
             raise ValueError("out= is supported by the cpp and triton backends only")
         return extract_patches_ref(source, c, rot, scl)
     expected = _output_shapes(source, n)
-    if out is not None:
+    if out is None:
+        out = Patches(*(None if s is None else torch.empty(s, dtype=torch.float32, device=dev) for s in expected))
+    else:
         _check_out(out, expected, dev)
 
     if source.volume.dtype != torch.float32:
@@ -274,12 +282,11 @@ def extract_patches(
     if chosen == "triton":
         from ..kernels.extract_patches import extract_patches_triton
 
-        return extract_patches_triton(source, c, rot, scl, out=out)
+        extract_patches_triton(source, c, rot, scl, out)
+        return out
 
     ext = extension()
     P, Q, G = cfg.patch2d, cfg.patch3d, cfg.grid
-    if out is None:
-        out = Patches(*(None if s is None else torch.empty(s, dtype=torch.float32) for s in expected))
     planes, cube, distances, atl = out
     as_np = lambda t: None if t is None else t.numpy()
     as_f32 = lambda t: None if t is None else t.to(torch.float32).contiguous().numpy()

@@ -7,15 +7,13 @@ Landmark k along an axis of n voxels sits at the centre of the k-th of G equal b
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .._backend import extension, resolve_backend, resolve_threads
 from ._checks import as_tensor, check_centres, check_shape3, check_spacing
-
-Box = tuple  # three slices: every voxel of the box, in C order
-
 
 def landmark_positions(shape: Sequence[int], grid: int = 7, dtype=torch.float64, device=None) -> torch.Tensor:
     """[3, G] landmark coordinates (voxel units) along each axis of a volume of `shape`."""
@@ -38,9 +36,9 @@ def landmark_distances_ref(centres: torch.Tensor, shape: Sequence[int], spacing=
     return total.sqrt()
 
 
-def box_coordinates(box: Box, shape: Sequence[int], device=None) -> torch.Tensor:
-    """[N, 3] int64 coordinates of every voxel of a box of slices, in C order."""
-    ranges = [torch.arange(*sl.indices(n), device=device) for sl, n in zip(box, shape)]
+def box_coordinates(bounds: Sequence[tuple[int, int]], device=None) -> torch.Tensor:
+    """[N, 3] int64 coordinates of every voxel of the box [start, stop) per axis, in C order."""
+    ranges = [torch.arange(a, b, device=device) for a, b in bounds]
     grids = torch.meshgrid(*ranges, indexing="ij")
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
@@ -95,24 +93,22 @@ def landmark_distances(
 
     if chosen == "torch":
         if box is not None:
-            centres = box_coordinates(tuple(slice(a, b) for a, b in box), shape, device=dev)
+            centres = box_coordinates(box, device=dev)
         return landmark_distances_ref(centres, shape, spacing, grid)
 
+    n = math.prod(b - a for a, b in box) if box is not None else centres.shape[0]
+    out = torch.empty((n, grid, grid, grid), dtype=torch.float32, device=dev)
     if chosen == "triton":
         from ..kernels.landmark_distances import landmark_distances_triton
 
-        return landmark_distances_triton(centres if box is None else None, shape, spacing, grid, box=box, device=dev)
+        landmark_distances_triton(centres if box is None else None, box, shape, spacing, grid, out)
+        return out
 
     ext = extension()
     threads = resolve_threads(num_threads)
     if box is not None:
-        n = 1
-        for a, b in box:
-            n *= b - a
-        out = torch.empty((n, grid, grid, grid), dtype=torch.float32)
         ext.landmark_distances_box([a for a, _ in box], [b for _, b in box], shape, spacing, grid, out.numpy(), threads)
-        return out
-    coords = centres.detach().to(torch.float64).contiguous()
-    out = torch.empty((coords.shape[0], grid, grid, grid), dtype=torch.float32)
-    ext.landmark_distances(coords.numpy(), shape, spacing, grid, out.numpy(), threads)
+    else:
+        coords = centres.detach().to(torch.float64).contiguous()
+        ext.landmark_distances(coords.numpy(), shape, spacing, grid, out.numpy(), threads)
     return out
