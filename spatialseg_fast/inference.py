@@ -1,0 +1,389 @@
+"""Whole-volume inference: the per-patch classifier (the paper's way, the oracle) and the dense
+engine behind :func:`segment` (same labels, the computation shared between neighbouring voxels).
+
+The dense engine walks the brain's bounding box in slabs of slices along the model's slice axis.
+For each slab that holds a brain voxel it runs the 2D trunks over the slab's padded slices and
+the 3D trunk over the padded slab (model/dense.py), then classifies the slab's brain voxels in
+chunks: gathered trunk features, landmark distances made by the distance kernel for just those
+voxels, atlas rows, the fully connected layers, and a softmax/argmax per chunk. The C x D x H x W
+probability volume is never held; slab and chunk sizes follow a memory budget.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ._progress import Progress
+from .config import PatchConfig
+from .model.dense import DenseForm, crop
+from .model.network import SpatialSegNet
+from .ops._checks import as_tensor, check_finite, check_float, check_spacing, check_volume
+from .ops.extract_patches import PatchSource, extract_patches, prepare_patch_source
+from .ops.landmark_distances import landmark_distances
+from .volume import Volume
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# -- input checks ------------------------------------------------------------------------------
+def resolve_device(device) -> torch.device:
+    """"auto" -> the first CUDA device when there is one, else the CPU; "cpu"; "cuda[:N]"."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine (use device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}")
+    return dev
+
+
+def resolve_precision(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _check_model(model) -> SpatialSegNet:
+    if not isinstance(model, SpatialSegNet):
+        raise ValueError(f"model must be a SpatialSegNet (build_model / load_model); got {type(model).__name__}")
+    return model
+
+
+def _volume_tensor(volume) -> torch.Tensor:
+    vol = as_tensor(volume, "volume")
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be 3D (D, H, W); got shape {tuple(vol.shape)} ({vol.ndim}D)")
+    if vol.numel() == 0:
+        raise ValueError(f"volume is empty (shape {tuple(vol.shape)})")
+    if vol.dtype == torch.bool or vol.is_complex():
+        raise ValueError(f"volume must hold real intensities; got dtype {vol.dtype}")
+    if not vol.is_floating_point():
+        vol = vol.to(torch.float32)
+    check_volume(vol)
+    return vol
+
+
+def _atlas_tensor(model: SpatialSegNet, atlas, shape) -> torch.Tensor | None:
+    """The [L, D, H, W] atlas for a ProbBranch model (the given one, else the model's own)."""
+    if model.prob is None:
+        return None
+    if atlas is None:
+        atlas = getattr(model, "atlas", None)
+        if atlas is None:
+            raise ValueError("this model has a ProbBranch and needs atlas probabilities: pass atlas= ([L, D, H, W]) or use a model saved with its atlas")
+    atl = as_tensor(atlas, "atlas")
+    L = model.num_classes
+    if atl.ndim != 4 or tuple(atl.shape[1:]) != tuple(shape):
+        raise ValueError(f"atlas must have shape ({L}, {', '.join(map(str, shape))}) to match the volume; got {tuple(atl.shape)}")
+    if atl.shape[0] != L:
+        raise ValueError(f"atlas has {atl.shape[0]} label channels but the model has num_classes={L}")
+    check_float(atl, "atlas")
+    check_finite(atl, "atlas")
+    return atl
+
+
+def _mask_tensor(mask, volume: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        m = volume != 0
+        if not bool(m.any()):
+            raise ValueError("volume has no non-zero voxel: nothing to segment (pass mask= to choose the voxels)")
+        return m
+    m = as_tensor(mask, "mask")
+    if tuple(m.shape) != tuple(volume.shape):
+        raise ValueError(f"mask has shape {tuple(m.shape)} but the volume has shape {tuple(volume.shape)}")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise ValueError("mask contains NaN or infinite values")
+    m = m.to(device=volume.device) != 0
+    if not bool(m.any()):
+        raise ValueError("mask is empty: it selects no voxel")
+    return m
+
+
+def normalise(model: SpatialSegNet, volume: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with the model's stored intensity statistics, in float32."""
+    cfg = model.config
+    vol = volume.to(torch.float32)
+    if cfg.intensity_mean == 0.0 and cfg.intensity_std == 1.0:
+        return vol
+    return (vol - cfg.intensity_mean) / cfg.intensity_std
+
+
+def prepare_source(model: SpatialSegNet, volume, spacing=None, device=None) -> PatchSource:
+    """Normalise a raw volume with the model's statistics and smooth it for every 2D scale."""
+    vol = _volume_tensor(volume)
+    if device is not None:
+        vol = vol.to(device)
+    return prepare_patch_source(normalise(model, vol), model.config.patch, spacing=spacing)
+
+
+@contextmanager
+def _threads(n: int | None):
+    if n is None:
+        yield
+        return
+    if int(n) < 1:
+        raise ValueError(f"threads must be >= 1; got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- the paper's way: one set of patches per voxel ---------------------------------------------
+@torch.no_grad()
+def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacing=None, batch_size: int = 512,
+                    return_logits: bool = False, backend: str = "auto", threads: int | None = None):
+    """Classify the given voxels the paper's way: patches from :func:`extract_patches` through the
+    network's patch form, one forward pass per voxel (batched). The oracle for the dense engine,
+    and the cheaper route for a few thousand voxels.
+
+    volume: raw [D, H, W] intensities (normalised here with the model's statistics) or a
+        :class:`PatchSource` from :func:`prepare_source` (already normalised).
+    centres: [N, 3] integer voxel indices. atlas: [L, D, H, W] for ProbBranch models.
+    Returns int64 labels [N] (and float32 logits [N, L] with ``return_logits=True``), on the CPU.
+    """
+    model = _check_model(model)
+    source = volume if isinstance(volume, PatchSource) else prepare_source(model, volume, spacing)
+    if source.config != model.config.patch:
+        raise ValueError("the PatchSource was prepared with another PatchConfig than the model's")
+    atl = _atlas_tensor(model, atlas, source.shape)
+    c = as_tensor(centres, "centres")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    dev = next(model.parameters()).device
+    labels, logits = [], []
+    with _threads(threads):
+        for start in range(0, max(len(c), 1), batch_size):
+            part = c[start : start + batch_size]
+            if len(part) == 0:
+                break
+            p = extract_patches(source, part, backend=backend)
+            rows = None
+            if atl is not None:
+                idx = part.long()
+                rows = atl[:, idx[:, 0], idx[:, 1], idx[:, 2]].T.to(dev, torch.float32)
+            out = model(p.planes.to(dev, torch.float32), None if p.cube is None else p.cube.to(dev, torch.float32),
+                        None if p.distances is None else p.distances.to(dev, torch.float32), rows).float()
+            labels.append(out.argmax(1).cpu())
+            if return_logits:
+                logits.append(out.cpu())
+    L = model.num_classes
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    if return_logits:
+        return labels, (torch.cat(logits) if logits else torch.zeros(0, L))
+    return labels
+
+
+# -- the dense engine --------------------------------------------------------------------------
+class DenseEngine:
+    """Dense inference of one model on one device in one precision.
+
+    memory_budget: bytes the engine may use for its working buffers (default 1 GiB on the CPU,
+    a third of the free memory on a GPU); slab (slices per tile) and chunk (voxels per
+    classifier batch) are derived from it unless given. Results do not depend on them.
+    """
+
+    def __init__(self, model: SpatialSegNet, *, device="auto", precision: str = "fp32", threads: int | None = None,
+                 memory_budget: int | None = None, slab: int | None = None, chunk: int | None = None):
+        model = _check_model(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision)
+        self.threads = threads
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1; got {threads}")
+        if memory_budget is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                memory_budget = free // 3
+            else:
+                memory_budget = 1 << 30
+        if memory_budget < (64 << 20):
+            raise ValueError(f"memory_budget must be at least 64 MiB; got {memory_budget} bytes")
+        for name, v in (("slab", slab), ("chunk", chunk)):
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{name} must be >= 1; got {v}")
+        self.memory_budget, self.slab, self.chunk = int(memory_budget), slab, chunk
+        self.model = model
+        self.dense = DenseForm(model, self.device, self.dtype)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    # memory model: bytes per element times the largest live buffers
+    def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int]:
+        cfg = self.model.config
+        p = cfg.patch
+        b = torch.finfo(self.dtype).bits // 8
+        ch2 = max(l[2] for l in cfg.scale_trunk if l[0] == "conv")
+        h2 = (p.patch2d - 1) // 2
+        areas = [(extent_u + 2 * h2 * s) * (extent_v + 2 * h2 * s) for s in p.strides]
+        per_slice = 4 * (2 * ch2 * max(areas) + 2 * cfg.reduce_channels * sum(areas))
+        cube_slice, cube_fixed = 0, 0
+        if cfg.cube:
+            ch3 = max(l[2] for l in cfg.cube_trunk if l[0] == "conv")
+            h3 = (p.patch3d - 1) // 2
+            area3 = (extent_u + 2 * h3) * (extent_v + 2 * h3)
+            cube_slice = 3 * ch3 * area3 * b
+            cube_fixed = 2 * h3 * cube_slice
+        per_slice = per_slice * b // 4 + cube_slice
+        net = self.model
+        per_voxel = 4 * (2 * cfg.reduce_channels * net.scale_size**2 + cfg.fc1 + 2 * cfg.fc2 + 6 * cfg.num_classes)
+        if cfg.dist:
+            per_voxel += 4 * (p.grid**3 + 2 * sum(cfg.dist_inception) * p.grid**2 + cfg.dist_fc)
+        if cfg.cube:
+            per_voxel += 4 * (2 * net.cube.out_channels * net.cube_size**3 + cfg.cube_fc)
+        budget = self.memory_budget
+        slab = self.slab or int(max(1, min(64, (0.7 * budget - cube_fixed) // max(per_slice, 1))))
+        chunk = self.chunk or int(max(256, min(1 << 16, 0.3 * budget // per_voxel)))
+        return slab, chunk
+
+    @torch.no_grad()
+    def run(self, source: PatchSource, mask: torch.Tensor, atlas: torch.Tensor | None = None,
+            probabilities=None, progress: bool = False):
+        """Labels (int64 [D, H, W], CPU; 0 outside the mask) and, when `probabilities` lists
+        labels, their float16 softmax maps [K, D, H, W] (0 outside the mask)."""
+        with _threads(self.threads):
+            return self._run(source, mask, atlas, probabilities, progress)
+
+    def _run(self, source, mask, atlas, probabilities, progress):
+        cfg, dev, dt = self.model.config, self.device, self.dtype
+        p = cfg.patch
+        src = source.to(device=dev, dtype=torch.float32)
+        shape = src.shape
+        sa, (au, av) = p.slice_axis, p.in_plane_axes
+        order = (sa, au, av)
+        mask = mask.to(dev)
+        mask_p = mask.permute(order)
+        labels = torch.zeros(shape, dtype=torch.int64, device=dev)
+        probs = None
+        if probabilities is not None:
+            probabilities = torch.as_tensor(probabilities, dtype=torch.int64, device=dev)
+            probs = torch.zeros((len(probabilities), *shape), dtype=torch.float16, device=dev)
+        nz_w = mask_p.flatten(1).any(1).nonzero().flatten()
+        w_lo, w_hi = int(nz_w.min()), int(nz_w.max()) + 1
+        in_plane = mask_p.any(0)
+        us, vs = in_plane.any(1).nonzero().flatten(), in_plane.any(0).nonzero().flatten()
+        slab, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
+        h2 = (p.patch2d - 1) // 2
+        h3 = (p.patch3d - 1) // 2
+        spacing = src.spacing
+        starts = [w for w in range(w_lo, w_hi, slab) if bool(mask_p[w : w + slab].any())]
+        bar = Progress(len(starts), "segment", "slabs", enabled=progress)
+        flat_labels = labels.view(-1)
+        strides3 = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev)
+        for w0 in starts:
+            w1 = min(w0 + slab, w_hi)
+            nz = mask_p[w0:w1].nonzero()  # [n, 3] (t, u, v)
+            u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
+            u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1
+            regions = [
+                crop(src.scales[k], (w0, u0 - h2 * s, v0 - h2 * s), (w1, u1 + h2 * s, v1 + h2 * s), p.fill).unsqueeze(1).to(dt)
+                for k, s in enumerate(p.strides)
+            ]
+            maps = self.dense.scale_maps(regions)
+            del regions
+            # voxel coordinates in array order, and the slab's box in array order
+            coords = torch.empty_like(nz)
+            coords[:, sa], coords[:, au], coords[:, av] = nz[:, 0] + w0, nz[:, 1], nz[:, 2]
+            cmap = lo3 = None
+            if self.model.cube is not None:
+                lo3 = coords.min(0).values
+                hi3 = coords.max(0).values + 1
+                region = crop(src.volume, (lo3 - h3).tolist(), (hi3 + h3).tolist(), p.fill).to(dt)
+                cmap = self.dense.cube_map(region)
+                del region
+            for c0 in range(0, len(nz), chunk):
+                part, xyz = nz[c0 : c0 + chunk], coords[c0 : c0 + chunk]
+                base = self.dense.base_features(maps, part[:, 0], part[:, 1] - u0, part[:, 2] - v0)
+                dist = None
+                if self.model.dist is not None:
+                    dist = landmark_distances(xyz, shape, spacing, p.grid, device=dev).to(dt)
+                cube = None if cmap is None else self.dense.cube_features(cmap, xyz - lo3)
+                rows = None
+                if atlas is not None:
+                    rows = atlas.reshape(atlas.shape[0], -1)[:, (xyz * strides3).sum(1).cpu() if atlas.device.type == "cpu" else (xyz * strides3).sum(1)]
+                    rows = rows.T.to(dev, dt)
+                logits = self.dense.head(base, dist, cube, rows).float()
+                flat = (xyz * strides3).sum(1)
+                flat_labels[flat] = logits.argmax(1)
+                if probs is not None:
+                    sm = torch.softmax(logits, 1)[:, probabilities].to(torch.float16)
+                    probs.view(len(probabilities), -1)[:, flat] = sm.T
+            bar.update()
+        bar.close()
+        return labels.cpu(), (None if probs is None else probs.cpu())
+
+
+def _label_dtype(num_classes: int):
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
+def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None, spacing=None, device="auto",
+            precision: str = "fp32", threads: int | None = None, return_probabilities=None, progress: bool = False,
+            memory_budget: int | None = None):
+    """Segment a whole volume into the model's classes with the dense engine.
+
+    volume: [D, H, W] numpy array or torch tensor of raw intensities in the model's space
+        (skull-stripped, on the model's template grid), or a :class:`Volume` (spacing taken
+        from its affine, the result returned as a Volume with the same affine).
+    model: a :class:`SpatialSegNet`; None uses the installed default weights (an error that says
+        how to get a model if there are none).
+    mask: voxels to classify (default: the non-zero voxels); everything else is background (0).
+    atlas: [L, D, H, W] class probabilities for ProbBranch models (default: the model's own).
+    spacing: voxel size in mm for a plain array (default 1 mm); ignored for a Volume.
+    device: "auto" | "cpu" | "cuda[:N]". precision: "fp32" | "bf16" | "fp16".
+    threads: CPU threads for this call (default: torch's setting).
+    return_probabilities: labels whose softmax probability maps to return too (float16).
+    progress: draw a progress bar on stderr.
+
+    Returns labels (uint8 when the model has <= 256 classes, else uint16) of the volume's shape,
+    as a numpy array for numpy input, a CPU tensor for tensor input, a Volume for a Volume; with
+    return_probabilities, a pair (labels, probabilities [K, D, H, W]).
+    """
+    from .model.io import load_default_model
+
+    affine = None
+    if isinstance(volume, Volume):
+        affine, spacing, data = volume.affine, volume.spacing, volume.data
+    else:
+        data = volume
+    is_numpy = not isinstance(data, torch.Tensor)
+    vol = _volume_tensor(data)
+    if model is None:
+        model = load_default_model()
+    model = _check_model(model)
+    spacing = check_spacing(spacing)
+    m = _mask_tensor(mask, vol)
+    atl = _atlas_tensor(model, atlas, vol.shape)
+    if return_probabilities is not None:
+        wanted = [int(x) for x in np.atleast_1d(np.asarray(return_probabilities))]
+        bad = [x for x in wanted if not 0 <= x < model.num_classes]
+        if bad or not wanted:
+            raise ValueError(f"return_probabilities must list labels in [0, {model.num_classes}); got {return_probabilities!r}")
+        return_probabilities = wanted
+    engine = DenseEngine(model, device=device, precision=precision, threads=threads, memory_budget=memory_budget)
+    source = prepare_source(model, vol, spacing)
+    labels, probs = engine.run(source, m, atl, return_probabilities, progress)
+    out = labels.numpy().astype(_label_dtype(model.num_classes))
+    if not is_numpy:
+        out = torch.from_numpy(out.astype(np.int32) if out.dtype == np.uint16 else out)
+    if affine is not None:
+        out = Volume(out, affine, getattr(volume, "header", None))
+    if return_probabilities is not None:
+        return out, (probs if not is_numpy else probs.numpy())
+    return out

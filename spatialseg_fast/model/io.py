@@ -1,0 +1,114 @@
+"""Saving and loading models: one safetensors file whose metadata holds the JSON configuration.
+
+No pickle: a model file can be inspected and loaded without executing anything. The optional
+probabilistic atlas (ProbBranch input on the model's template grid) travels in the same file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .network import SpatialSegNet
+
+FORMAT = "spatialseg_fast.model"
+FORMAT_VERSION = 1
+ATLAS_KEY = "__atlas__"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model was given and no default weights are installed."""
+
+
+def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None, metadata: dict | None = None, dtype=None) -> Path:
+    """Write weights (+ optional atlas [L, D, H, W]) and configuration to `path` atomically
+    (a temporary file renamed into place, so a crash never leaves a half-written model).
+    dtype: store the weights in this dtype (e.g. torch.float16 to halve the file)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    atlas = atlas if atlas is not None else getattr(model, "atlas", None)
+    if atlas is not None:
+        tensors[ATLAS_KEY] = torch.as_tensor(atlas).detach().cpu().contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "extra": json.dumps(metadata or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path, device="cpu") -> SpatialSegNet:
+    """Read a model written by :func:`save_model`; eval mode, float32 weights.
+
+    The atlas (if stored) is ``model.atlas``; the free-form metadata is ``model.metadata``.
+    Raises ValueError for a file that is not a model of a version this package reads."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} is not a readable spatialseg_fast model file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not a spatialseg_fast model (no '{FORMAT}' metadata)")
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} has model format version {meta.get('format_version')!r}; this spatialseg_fast reads version {FORMAT_VERSION}")
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path} has an unreadable model configuration ({exc})") from None
+    atlas = tensors.pop(ATLAS_KEY, None)
+    model = SpatialSegNet(config)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not match the stored configuration ({exc})") from None
+    model.atlas = atlas
+    model.metadata = extra
+    return model.to(device).eval()
+
+
+def default_model_path() -> Path | None:
+    """The installed default weights, or None when this installation has none."""
+    candidate = resources.files("spatialseg_fast") / "weights" / "default.safetensors"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def load_default_model(device="cpu") -> SpatialSegNet:
+    path = default_model_path()
+    if path is None:
+        raise ModelNotFoundError(
+            "no model given and this installation ships no default weights "
+            "(spatialseg_fast/weights/default.safetensors). Pass model=load_model('path.safetensors'), "
+            "or train one with `spatialseg train` (see the README)."
+        )
+    return load_model(path, device)
