@@ -194,7 +194,7 @@ def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacin
 class DenseEngine:
     """Dense inference of one model on one device in one precision.
 
-    memory_budget: bytes the engine may use for its working buffers (default 1 GiB on the CPU,
+    memory_budget: bytes the engine may use for its working buffers (default 1.5 GiB on the CPU,
     a third of the free memory on a GPU); slab (slices per tile) and chunk (voxels per
     classifier batch) are derived from it unless given. Results do not depend on them.
     """
@@ -212,7 +212,7 @@ class DenseEngine:
                 free, _ = torch.cuda.mem_get_info(self.device)
                 memory_budget = free // 3
             else:
-                memory_budget = 1 << 30
+                memory_budget = 3 << 29
         if memory_budget < (64 << 20):
             raise ValueError(f"memory_budget must be at least 64 MiB; got {memory_budget} bytes")
         for name, v in (("slab", slab), ("chunk", chunk)):
@@ -224,33 +224,35 @@ class DenseEngine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-    # memory model: bytes per element times the largest live buffers
-    def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int]:
-        cfg = self.model.config
+    def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int, int]:
+        """(slices per 2D slab, slices per 3D slab, voxels per classifier chunk) keeping the live
+        buffers within the memory budget: 35% for a 2D slab's maps, 35% for the 3D slab's,
+        30% for one chunk's fully connected activations."""
+        cfg, net = self.model.config, self.model
         p = cfg.patch
         b = torch.finfo(self.dtype).bits // 8
-        ch2 = max(l[2] for l in cfg.scale_trunk if l[0] == "conv")
+        budget = self.memory_budget
         h2 = (p.patch2d - 1) // 2
         areas = [(extent_u + 2 * h2 * s) * (extent_v + 2 * h2 * s) for s in p.strides]
-        per_slice = 4 * (2 * ch2 * max(areas) + 2 * cfg.reduce_channels * sum(areas))
-        cube_slice, cube_fixed = 0, 0
+        widest2 = max(l[2] for l in cfg.scale_trunk if l[0] == "conv")
+        # reduced maps of every scale, plus one trunk layer's input and output
+        per_slice2 = b * (cfg.reduce_channels * sum(areas) + 3 * widest2 * max(areas))
+        slab2 = int(max(1, min(64, 0.35 * budget // per_slice2)))
+        slab3 = slab2
         if cfg.cube:
-            ch3 = max(l[2] for l in cfg.cube_trunk if l[0] == "conv")
             h3 = (p.patch3d - 1) // 2
-            area3 = (extent_u + 2 * h3) * (extent_v + 2 * h3)
-            cube_slice = 3 * ch3 * area3 * b
-            cube_fixed = 2 * h3 * cube_slice
-        per_slice = per_slice * b // 4 + cube_slice
-        net = self.model
-        per_voxel = 4 * (2 * cfg.reduce_channels * net.scale_size**2 + cfg.fc1 + 2 * cfg.fc2 + 6 * cfg.num_classes)
+            widest3 = max(l[2] for l in cfg.cube_trunk if l[0] == "conv")
+            per_slice3 = 4 * widest3 * (extent_u + 2 * h3) * (extent_v + 2 * h3) * b
+            slab3 = int(max(1, min(128, 0.35 * budget // per_slice3 - 2 * h3)))
+        per_voxel = 2 * cfg.reduce_channels * net.scale_size**2 + cfg.fc1 + 2 * cfg.fc2 + 6 * cfg.num_classes
         if cfg.dist:
-            per_voxel += 4 * (p.grid**3 + 2 * sum(cfg.dist_inception) * p.grid**2 + cfg.dist_fc)
+            per_voxel += 2 * p.grid**3 + net.dist.fc.in_features + cfg.dist_fc
         if cfg.cube:
-            per_voxel += 4 * (2 * net.cube.out_channels * net.cube_size**3 + cfg.cube_fc)
-        budget = self.memory_budget
-        slab = self.slab or int(max(1, min(64, (0.7 * budget - cube_fixed) // max(per_slice, 1))))
-        chunk = self.chunk or int(max(256, min(1 << 16, 0.3 * budget // per_voxel)))
-        return slab, chunk
+            per_voxel += 2 * net.cube_fc.in_features + cfg.cube_fc
+        per_voxel *= max(b, 4)
+        chunk = int(max(256, min(1 << 15, 0.3 * budget // per_voxel)))
+        slab2, slab3, chunk = self.slab or slab2, self.slab or slab3, self.chunk or chunk
+        return min(slab2, slab3), slab3, chunk
 
     @torch.no_grad()
     def run(self, source: PatchSource, mask: torch.Tensor, atlas: torch.Tensor | None = None,
@@ -261,14 +263,11 @@ class DenseEngine:
             return self._run(source, mask, atlas, probabilities, progress)
 
     def _run(self, source, mask, atlas, probabilities, progress):
-        cfg, dev, dt = self.model.config, self.device, self.dtype
-        p = cfg.patch
+        p = self.model.config.patch
+        dev = self.device
         src = source.to(device=dev, dtype=torch.float32)
         shape = src.shape
-        sa, (au, av) = p.slice_axis, p.in_plane_axes
-        order = (sa, au, av)
-        mask = mask.to(dev)
-        mask_p = mask.permute(order)
+        mask_p = mask.to(dev).permute((p.slice_axis, *p.in_plane_axes))
         labels = torch.zeros(shape, dtype=torch.int64, device=dev)
         probs = None
         if probabilities is not None:
@@ -278,55 +277,84 @@ class DenseEngine:
         w_lo, w_hi = int(nz_w.min()), int(nz_w.max()) + 1
         in_plane = mask_p.any(0)
         us, vs = in_plane.any(1).nonzero().flatten(), in_plane.any(0).nonzero().flatten()
-        slab, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
-        h2 = (p.patch2d - 1) // 2
-        h3 = (p.patch3d - 1) // 2
-        spacing = src.spacing
-        starts = [w for w in range(w_lo, w_hi, slab) if bool(mask_p[w : w + slab].any())]
-        bar = Progress(len(starts), "segment", "slabs", enabled=progress)
-        flat_labels = labels.view(-1)
-        strides3 = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev)
-        for w0 in starts:
-            w1 = min(w0 + slab, w_hi)
-            nz = mask_p[w0:w1].nonzero()  # [n, 3] (t, u, v)
-            u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
-            u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1
-            regions = [
-                crop(src.scales[k], (w0, u0 - h2 * s, v0 - h2 * s), (w1, u1 + h2 * s, v1 + h2 * s), p.fill).unsqueeze(1).to(dt)
-                for k, s in enumerate(p.strides)
-            ]
-            maps = self.dense.scale_maps(regions)
-            del regions
-            # voxel coordinates in array order, and the slab's box in array order
-            coords = torch.empty_like(nz)
-            coords[:, sa], coords[:, au], coords[:, av] = nz[:, 0] + w0, nz[:, 1], nz[:, 2]
-            cmap = lo3 = None
-            if self.model.cube is not None:
-                lo3 = coords.min(0).values
-                hi3 = coords.max(0).values + 1
-                region = crop(src.volume, (lo3 - h3).tolist(), (hi3 + h3).tolist(), p.fill).to(dt)
-                cmap = self.dense.cube_map(region)
-                del region
-            for c0 in range(0, len(nz), chunk):
-                part, xyz = nz[c0 : c0 + chunk], coords[c0 : c0 + chunk]
-                base = self.dense.base_features(maps, part[:, 0], part[:, 1] - u0, part[:, 2] - v0)
-                dist = None
-                if self.model.dist is not None:
-                    dist = landmark_distances(xyz, shape, spacing, p.grid, device=dev).to(dt)
-                cube = None if cmap is None else self.dense.cube_features(cmap, xyz - lo3)
-                rows = None
-                if atlas is not None:
-                    rows = atlas.reshape(atlas.shape[0], -1)[:, (xyz * strides3).sum(1).cpu() if atlas.device.type == "cpu" else (xyz * strides3).sum(1)]
-                    rows = rows.T.to(dev, dt)
-                logits = self.dense.head(base, dist, cube, rows).float()
-                flat = (xyz * strides3).sum(1)
-                flat_labels[flat] = logits.argmax(1)
-                if probs is not None:
-                    sm = torch.softmax(logits, 1)[:, probabilities].to(torch.float16)
-                    probs.view(len(probabilities), -1)[:, flat] = sm.T
-            bar.update()
+        slab2, slab3, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
+        # tiles: 3D slabs (the 3dBranch map is shared by their 2D slabs), 2D slabs, voxel chunks;
+        # a tile without a brain voxel is skipped
+        tiles = []
+        for W0 in range(w_lo, w_hi, slab3):
+            W1 = min(W0 + slab3, w_hi)
+            inner = [(w0, min(w0 + slab2, W1)) for w0 in range(W0, W1, slab2) if bool(mask_p[w0 : min(w0 + slab2, W1)].any())]
+            if inner:
+                tiles.append(((W0, W1), inner))
+        bar = Progress(sum(len(t[1]) for t in tiles), "segment", "slabs", enabled=progress)
+        for (W0, W1), inner in tiles:
+            cmap = self._cube_map(src, mask_p, W0, W1)
+            for w0, w1 in inner:
+                self._slab(src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs)
+                bar.update()
         bar.close()
         return labels.cpu(), (None if probs is None else probs.cpu())
+
+    def _to_array(self, nz: torch.Tensor, w0: int) -> torch.Tensor:
+        """Plane-major (t, u, v) voxel indices of a slab starting at w0 -> array-order indices."""
+        p = self.model.config.patch
+        out = torch.empty_like(nz)
+        out[:, p.slice_axis] = nz[:, 0] + w0
+        out[:, p.in_plane_axes[0]], out[:, p.in_plane_axes[1]] = nz[:, 1], nz[:, 2]
+        return out
+
+    def _cube_map(self, src, mask_p, W0, W1):
+        """The 3dBranch trunk over the padded box of the slab's brain voxels: (map, box start)."""
+        if self.model.cube is None:
+            return None
+        p = self.model.config.patch
+        h3 = (p.patch3d - 1) // 2
+        xyz = self._to_array(mask_p[W0:W1].nonzero(), W0)
+        lo, hi = xyz.min(0).values, xyz.max(0).values + 1
+        region = crop(src.volume, (lo - h3).tolist(), (hi + h3).tolist(), p.fill).to(self.dtype)
+        return self.dense.cube_map(region), lo
+
+    def _slab(self, src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs):
+        p = self.model.config.patch
+        dev, dt = self.device, self.dtype
+        h2 = (p.patch2d - 1) // 2
+        nz = mask_p[w0:w1].nonzero()  # [n, 3] plane-major (t, u, v)
+        u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
+        u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1
+        regions = [
+            crop(src.scales[k], (w0, u0 - h2 * s, v0 - h2 * s), (w1, u1 + h2 * s, v1 + h2 * s), p.fill).unsqueeze(1).to(dt)
+            for k, s in enumerate(p.strides)
+        ]
+        maps = self.dense.scale_maps(regions)
+        del regions
+        xyz_all = self._to_array(nz, w0)
+        shape = src.shape
+        strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev)
+        atlas_box = atlas_lo = None
+        if atlas is not None:
+            # the slab's atlas box channels-last: one row per voxel instead of L strided reads
+            atlas_lo, hi = xyz_all.min(0).values, xyz_all.max(0).values + 1
+            box = tuple(slice(int(a), int(b)) for a, b in zip(atlas_lo, hi))
+            atlas_box = atlas[(slice(None), *box)].to(dev).permute(1, 2, 3, 0).contiguous()
+            box_strides = torch.tensor([atlas_box.shape[1] * atlas_box.shape[2], atlas_box.shape[2], 1], device=dev)
+        flat_labels = labels.view(-1)
+        for c0 in range(0, len(nz), chunk):
+            part, xyz = nz[c0 : c0 + chunk], xyz_all[c0 : c0 + chunk]
+            base = self.dense.base_features(maps, part[:, 0], part[:, 1] - u0, part[:, 2] - v0)
+            dist = None
+            if self.model.dist is not None:
+                dist = landmark_distances(xyz, shape, src.spacing, p.grid, device=dev).to(dt)
+            cube = None if cmap is None else self.dense.cube_features(cmap[0], xyz - cmap[1])
+            rows = None
+            if atlas_box is not None:
+                local = ((xyz - atlas_lo) * box_strides).sum(1)
+                rows = atlas_box.view(-1, atlas_box.shape[-1]).index_select(0, local).to(dt)
+            logits = self.dense.head(base, dist, cube, rows).float()
+            flat = (xyz * strides).sum(1)
+            flat_labels[flat] = logits.argmax(1)
+            if probs is not None:
+                sm = torch.softmax(logits, 1)[:, probabilities].to(torch.float16)
+                probs.view(len(probabilities), -1)[:, flat] = sm.T
 
 
 def _label_dtype(num_classes: int):

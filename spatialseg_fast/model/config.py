@@ -68,17 +68,17 @@ class ModelConfig:
     """3dBranch: the Q^3 patch through 3D convolutions, merged at the second FC layer."""
     patch: PatchConfig = field(default_factory=PatchConfig)
     # BaseNet: one trunk per 2D scale (shared layer spec, separate weights).
-    scale_trunk: tuple = (("conv", 3, 24), ("conv", 3, 32), ("pool",), ("conv", 3, 48), ("pool",))
+    scale_trunk: tuple = (("conv", 3, 16), ("conv", 3, 32), ("pool",), ("conv", 3, 48), ("pool",))
     reduce_channels: int = 64
     """Width of the 1x1 convolution applied to the concatenated scale features."""
     fc1: int = 640
     fc2: int = 640
-    # DistBranch: inception block of 1x1, 3x3, 5x5 'same' convolutions on G images of G x G.
+    # DistBranch: inception-style block of 1x1, 3x3, 5x5 valid convolutions on G images of G x G.
     dist_inception: tuple = (16, 16, 16)
-    dist_fc: int = 96
+    dist_fc: int = 130
     # 3dBranch.
-    cube_trunk: tuple = (("conv", 3, 24), ("conv", 3, 32), ("conv", 3, 32), ("pool",), ("conv", 3, 64))
-    cube_fc: int = 1024
+    cube_trunk: tuple = (("conv", 3, 16), ("conv", 3, 32), ("conv", 3, 32), ("pool",), ("conv", 3, 32))
+    cube_fc: int = 1344
     dropout: float = 0.5
     intensity_mean: float = 0.0
     intensity_std: float = 1.0

@@ -58,6 +58,20 @@ class DenseForm:
         net.fc1.weight.data = _position_major(net.fc1.weight, R, f * f)
         if net.cube is not None:
             net.cube_fc.weight.data = _position_major(net.cube_fc.weight, net.cube.out_channels, net.cube_size**3)
+        if net.dist is not None:
+            # DistBranch FC: one position-major column block per inception conv (their outputs
+            # are channels-last, oneDNN's fast layout for 7 x 7 images)
+            w, col, parts = net.dist.fc.weight, 0, []
+            for conv in net.dist.convs:
+                c, k = conv.out_channels, conv.kernel_size[0]
+                positions = (cfg.patch.grid - k + 1) ** 2
+                parts.append(_position_major(w[:, col : col + c * positions], c, positions))
+                col += c * positions
+            self.dist_fc_parts = parts
+        # fc2 as column blocks, one per merged part (no concatenation of the parts)
+        sizes = [cfg.fc1] + ([cfg.dist_fc] if net.dist is not None else []) + ([cfg.cube_fc] if net.cube is not None else [])
+        self.fc2_parts = list(torch.split(net.fc2.weight, sizes, dim=1))
+        self.fc2_parts = [w.contiguous() for w in self.fc2_parts]
         self.net = net
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else net.fc1.weight.device
@@ -90,7 +104,7 @@ class DenseForm:
             T, Lu, Lv, R = fmap.shape
             offs = (step * i[:, None] * Lv + step * i[None, :]).reshape(-1)
             idx = ((t * Lu + du) * Lv + dv)[:, None] + offs[None, :]
-            g = fmap.reshape(-1, R)[idx.reshape(-1)]
+            g = fmap.reshape(-1, R).index_select(0, idx.reshape(-1))
             total = g if total is None else total.add_(g)
         total = total.view(-1, f * f, total.shape[-1]).add_(self.reduce_bias).relu_()
         return total.reshape(total.shape[0], -1)
@@ -110,9 +124,42 @@ class DenseForm:
         i = torch.arange(f, device=offsets.device) * step
         offs = ((i[:, None, None] * B + i[None, :, None]) * C + i[None, None, :]).reshape(-1)
         base = (offsets[:, 0] * B + offsets[:, 1]) * C + offsets[:, 2]
-        g = fmap.reshape(-1, K)[(base[:, None] + offs[None, :]).reshape(-1)]
+        g = fmap.reshape(-1, K).index_select(0, (base[:, None] + offs[None, :]).reshape(-1))
         return g.view(offsets.shape[0], -1)
 
     # -- per voxel -------------------------------------------------------------------------
     def head(self, base, distances, cube, atlas) -> torch.Tensor:
-        return self.net.head(base, distances, cube, atlas)
+        """The network's head (``SpatialSegNet.head`` in eval mode) without concatenations:
+        a layer fed by concatenated parts is the sum of its column blocks applied to each part."""
+        net = self.net
+        h1 = torch.addmm(net.fc1.bias, base, net.fc1.weight.t()).relu_()
+        parts = iter(self.fc2_parts)
+        acc = torch.addmm(net.fc2.bias, h1, next(parts).t())
+        del h1
+        if net.dist is not None:
+            d = self._dist(distances)
+            acc.addmm_(d, next(parts).t())
+            del d
+        if net.cube is not None:
+            c = torch.addmm(net.cube_fc.bias, cube, net.cube_fc.weight.t()).relu_()
+            acc.addmm_(c, next(parts).t())
+            del c
+        logits = torch.addmm(net.fc3.bias, acc.relu_(), net.fc3.weight.t())
+        if net.prob is not None:
+            x = atlas
+            for i, layer in enumerate(net.prob.layers):
+                x = x @ layer.weight.t()
+                if i < 2:
+                    x.relu_()
+            logits += x
+        return logits
+
+    def _dist(self, distances: torch.Tensor) -> torch.Tensor:
+        dist = self.net.dist
+        x = distances.contiguous(memory_format=torch.channels_last)
+        acc = None
+        for conv, w in zip(dist.convs, self.dist_fc_parts):
+            y = F.conv2d(x, conv.weight, conv.bias).relu_()
+            y = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # position-major, no copy
+            acc = torch.addmm(dist.fc.bias, y, w.t()) if acc is None else acc.addmm_(y, w.t())
+        return acc.relu_()
