@@ -15,6 +15,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from .config import PatchConfig
 from .ops import Patches, PatchSource, extract_patches, landmark_distances, prepare_patch_source
 from ._backend import BackendUnavailableError
+from .inference import classify_voxels, segment
+from .model import ModelConfig, ModelNotFoundError, SpatialSegNet, build_model, load_model, save_model
+from .volume import Volume
 
 
 def build_info() -> dict:
@@ -66,6 +69,15 @@ __all__ = [
     "__version__",
     "build_info",
     "BackendUnavailableError",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "SpatialSegNet",
+    "Volume",
+    "build_model",
+    "classify_voxels",
+    "load_model",
+    "save_model",
+    "segment",
     "PatchConfig",
     "Patches",
     "PatchSource",

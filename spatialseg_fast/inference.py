@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from ._malloc import keep_freed_memory
 from ._progress import Progress
 from .config import PatchConfig
 from .model.dense import DenseForm, crop
@@ -194,7 +195,7 @@ def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacin
 class DenseEngine:
     """Dense inference of one model on one device in one precision.
 
-    memory_budget: bytes the engine may use for its working buffers (default 1.5 GiB on the CPU,
+    memory_budget: bytes the engine may use for its working buffers (default 1 GiB on the CPU,
     a third of the free memory on a GPU); slab (slices per tile) and chunk (voxels per
     classifier batch) are derived from it unless given. Results do not depend on them.
     """
@@ -212,7 +213,7 @@ class DenseEngine:
                 free, _ = torch.cuda.mem_get_info(self.device)
                 memory_budget = free // 3
             else:
-                memory_budget = 3 << 29
+                memory_budget = 1 << 30
         if memory_budget < (64 << 20):
             raise ValueError(f"memory_budget must be at least 64 MiB; got {memory_budget} bytes")
         for name, v in (("slab", slab), ("chunk", chunk)):
@@ -259,6 +260,8 @@ class DenseEngine:
             probabilities=None, progress: bool = False):
         """Labels (int64 [D, H, W], CPU; 0 outside the mask) and, when `probabilities` lists
         labels, their float16 softmax maps [K, D, H, W] (0 outside the mask)."""
+        if self.device.type == "cpu":
+            keep_freed_memory()
         with _threads(self.threads):
             return self._run(source, mask, atlas, probabilities, progress)
 

@@ -73,6 +73,7 @@ class DenseForm:
         self.fc2_parts = list(torch.split(net.fc2.weight, sizes, dim=1))
         self.fc2_parts = [w.contiguous() for w in self.fc2_parts]
         self.net = net
+        self._buffers: dict[str, torch.Tensor] = {}
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else net.fc1.weight.device
         self.half2d = (cfg.patch.patch2d - 1) // 2
@@ -82,6 +83,18 @@ class DenseForm:
     @property
     def config(self):
         return self.net.config
+
+    def _buf(self, name: str, n: int, width: int) -> torch.Tensor:
+        """A reused [n, width] work buffer: chunk-sized activations allocated afresh every chunk
+        cost more in page faults (first touch of new memory) than the GEMMs writing them."""
+        b = self._buffers.get(name)
+        if b is None or b.shape[0] < n or b.shape[1] != width:
+            b = self._buffers[name] = torch.empty((n, width), dtype=self.dtype, device=self.device)
+        return b[:n]
+
+    def release(self) -> None:
+        """Free the work buffers (they are reallocated on the next use)."""
+        self._buffers.clear()
 
     # -- BaseNet ---------------------------------------------------------------------------
     def scale_maps(self, regions: list[torch.Tensor]) -> list[tuple[torch.Tensor, int]]:
@@ -99,15 +112,18 @@ class DenseForm:
         (du, dv) from the region's start."""
         f = self.net.scale_size
         i = torch.arange(f, device=t.device)
-        total = None
-        for fmap, step in maps:
-            T, Lu, Lv, R = fmap.shape
+        n, R = t.shape[0], self.net.config.reduce_channels
+        total = self._buf("base", n * f * f, R)
+        for k, (fmap, step) in enumerate(maps):
+            T, Lu, Lv, _ = fmap.shape
             offs = (step * i[:, None] * Lv + step * i[None, :]).reshape(-1)
-            idx = ((t * Lu + du) * Lv + dv)[:, None] + offs[None, :]
-            g = fmap.reshape(-1, R).index_select(0, idx.reshape(-1))
-            total = g if total is None else total.add_(g)
-        total = total.view(-1, f * f, total.shape[-1]).add_(self.reduce_bias).relu_()
-        return total.reshape(total.shape[0], -1)
+            idx = (((t * Lu + du) * Lv + dv)[:, None] + offs[None, :]).reshape(-1)
+            if k == 0:
+                torch.index_select(fmap.reshape(-1, R), 0, idx, out=total)
+            else:
+                total.add_(torch.index_select(fmap.reshape(-1, R), 0, idx, out=self._buf("gather", n * f * f, R)))
+        total = total.view(n, f * f, R).add_(self.reduce_bias).relu_()
+        return total.view(n, -1)
 
     # -- 3dBranch --------------------------------------------------------------------------
     def cube_map(self, region: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -124,26 +140,25 @@ class DenseForm:
         i = torch.arange(f, device=offsets.device) * step
         offs = ((i[:, None, None] * B + i[None, :, None]) * C + i[None, None, :]).reshape(-1)
         base = (offsets[:, 0] * B + offsets[:, 1]) * C + offsets[:, 2]
-        g = fmap.reshape(-1, K).index_select(0, (base[:, None] + offs[None, :]).reshape(-1))
-        return g.view(offsets.shape[0], -1)
+        n = offsets.shape[0]
+        out = self._buf("cube", n * f**3, K)
+        torch.index_select(fmap.reshape(-1, K), 0, (base[:, None] + offs[None, :]).reshape(-1), out=out)
+        return out.view(n, -1)
 
     # -- per voxel -------------------------------------------------------------------------
     def head(self, base, distances, cube, atlas) -> torch.Tensor:
         """The network's head (``SpatialSegNet.head`` in eval mode) without concatenations:
         a layer fed by concatenated parts is the sum of its column blocks applied to each part."""
         net = self.net
-        h1 = torch.addmm(net.fc1.bias, base, net.fc1.weight.t()).relu_()
+        n = base.shape[0]
+        h1 = torch.addmm(net.fc1.bias, base, net.fc1.weight.t(), out=self._buf("h1", n, net.fc1.out_features)).relu_()
         parts = iter(self.fc2_parts)
-        acc = torch.addmm(net.fc2.bias, h1, next(parts).t())
-        del h1
+        acc = torch.addmm(net.fc2.bias, h1, next(parts).t(), out=self._buf("h2", n, net.fc2.out_features))
         if net.dist is not None:
-            d = self._dist(distances)
-            acc.addmm_(d, next(parts).t())
-            del d
+            acc.addmm_(self._dist(distances), next(parts).t())
         if net.cube is not None:
-            c = torch.addmm(net.cube_fc.bias, cube, net.cube_fc.weight.t()).relu_()
+            c = torch.addmm(net.cube_fc.bias, cube, net.cube_fc.weight.t(), out=self._buf("c", n, net.cube_fc.out_features)).relu_()
             acc.addmm_(c, next(parts).t())
-            del c
         logits = torch.addmm(net.fc3.bias, acc.relu_(), net.fc3.weight.t())
         if net.prob is not None:
             x = atlas
@@ -161,5 +176,8 @@ class DenseForm:
         for conv, w in zip(dist.convs, self.dist_fc_parts):
             y = F.conv2d(x, conv.weight, conv.bias).relu_()
             y = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # position-major, no copy
-            acc = torch.addmm(dist.fc.bias, y, w.t()) if acc is None else acc.addmm_(y, w.t())
+            if acc is None:
+                acc = torch.addmm(dist.fc.bias, y, w.t(), out=self._buf("d", y.shape[0], w.shape[0]))
+            else:
+                acc.addmm_(y, w.t())
         return acc.relu_()
