@@ -257,15 +257,22 @@ class DenseEngine:
 
     @torch.no_grad()
     def run(self, source: PatchSource, mask: torch.Tensor, atlas: torch.Tensor | None = None,
-            probabilities=None, progress: bool = False):
+            probabilities=None, progress: bool = False, *, return_logits: bool = False):
         """Labels (int64 [D, H, W], CPU; 0 outside the mask) and, when `probabilities` lists
-        labels, their float16 softmax maps [K, D, H, W] (0 outside the mask)."""
+        labels, their float16 softmax maps [K, D, H, W] (0 outside the mask), or None.
+
+        return_logits: also return the float32 logits [L, D, H, W] (0 outside the mask). That is
+        the whole C x D x H x W volume the engine otherwise never holds: for tests and small
+        volumes only."""
         if self.device.type == "cpu":
             keep_freed_memory()
         with _threads(self.threads):
-            return self._run(source, mask, atlas, probabilities, progress)
+            try:
+                return self._run(source, mask, atlas, probabilities, progress, return_logits)
+            finally:
+                self.dense.release()
 
-    def _run(self, source, mask, atlas, probabilities, progress):
+    def _run(self, source, mask, atlas, probabilities, progress, return_logits=False):
         p = self.model.config.patch
         dev = self.device
         src = source.to(device=dev, dtype=torch.float32)
@@ -276,6 +283,7 @@ class DenseEngine:
         if probabilities is not None:
             probabilities = torch.as_tensor(probabilities, dtype=torch.int64, device=dev)
             probs = torch.zeros((len(probabilities), *shape), dtype=torch.float16, device=dev)
+        logits = torch.zeros((self.model.num_classes, *shape), dtype=torch.float32, device=dev) if return_logits else None
         nz_w = mask_p.flatten(1).any(1).nonzero().flatten()
         w_lo, w_hi = int(nz_w.min()), int(nz_w.max()) + 1
         in_plane = mask_p.any(0)
@@ -293,10 +301,11 @@ class DenseEngine:
         for (W0, W1), inner in tiles:
             cmap = self._cube_map(src, mask_p, W0, W1)
             for w0, w1 in inner:
-                self._slab(src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs)
+                self._slab(src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs, logits)
                 bar.update()
         bar.close()
-        return labels.cpu(), (None if probs is None else probs.cpu())
+        out = labels.cpu(), (None if probs is None else probs.cpu())
+        return (*out, logits.cpu()) if return_logits else out
 
     def _to_array(self, nz: torch.Tensor, w0: int) -> torch.Tensor:
         """Plane-major (t, u, v) voxel indices of a slab starting at w0 -> array-order indices."""
@@ -317,7 +326,7 @@ class DenseEngine:
         region = crop(src.volume, (lo - h3).tolist(), (hi + h3).tolist(), p.fill).to(self.dtype)
         return self.dense.cube_map(region), lo
 
-    def _slab(self, src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs):
+    def _slab(self, src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs, logits_out):
         p = self.model.config.patch
         dev, dt = self.device, self.dtype
         h2 = (p.patch2d - 1) // 2
@@ -355,6 +364,8 @@ class DenseEngine:
             logits = self.dense.head(base, dist, cube, rows).float()
             flat = (xyz * strides).sum(1)
             flat_labels[flat] = logits.argmax(1)
+            if logits_out is not None:
+                logits_out.view(logits.shape[1], -1)[:, flat] = logits.T
             if probs is not None:
                 sm = torch.softmax(logits, 1)[:, probabilities].to(torch.float16)
                 probs.view(len(probabilities), -1)[:, flat] = sm.T
