@@ -169,21 +169,26 @@ def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacin
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     dev = next(model.parameters()).device
     labels, logits = [], []
-    with _threads(threads):
-        for start in range(0, max(len(c), 1), batch_size):
-            part = c[start : start + batch_size]
-            if len(part) == 0:
-                break
-            p = extract_patches(source, part, backend=backend)
-            rows = None
-            if atl is not None:
-                idx = part.long()
-                rows = atl[:, idx[:, 0], idx[:, 1], idx[:, 2]].T.to(dev, torch.float32)
-            out = model(p.planes.to(dev, torch.float32), None if p.cube is None else p.cube.to(dev, torch.float32),
-                        None if p.distances is None else p.distances.to(dev, torch.float32), rows).float()
-            labels.append(out.argmax(1).cpu())
-            if return_logits:
-                logits.append(out.cpu())
+    was_training = model.training
+    model.eval()  # dropout off: the classifier, not a training step
+    try:
+        with _threads(threads):
+            for start in range(0, max(len(c), 1), batch_size):
+                part = c[start : start + batch_size]
+                if len(part) == 0:
+                    break
+                p = extract_patches(source, part, backend=backend)
+                rows = None
+                if atl is not None:
+                    idx = part.long()
+                    rows = atl[:, idx[:, 0], idx[:, 1], idx[:, 2]].T.to(dev, torch.float32)
+                out = model(p.planes.to(dev, torch.float32), None if p.cube is None else p.cube.to(dev, torch.float32),
+                            None if p.distances is None else p.distances.to(dev, torch.float32), rows).float()
+                labels.append(out.argmax(1).cpu())
+                if return_logits:
+                    logits.append(out.cpu())
+    finally:
+        model.train(was_training)
     L = model.num_classes
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
     if return_logits:
@@ -227,8 +232,9 @@ class DenseEngine:
 
     def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int, int]:
         """(slices per 2D slab, slices per 3D slab, voxels per classifier chunk) keeping the live
-        buffers within the memory budget: 35% for a 2D slab's maps, 35% for the 3D slab's,
-        30% for one chunk's fully connected activations."""
+        buffers within the memory budget: 15% for a 2D slab's maps (a few slices keep the convs
+        efficient), 55% for the 3D slab's (every 3D slab recomputes a Q-1 slice halo, so they
+        should be thick), 30% for one chunk's fully connected activations."""
         cfg, net = self.model.config, self.model
         p = cfg.patch
         b = torch.finfo(self.dtype).bits // 8
@@ -238,13 +244,15 @@ class DenseEngine:
         widest2 = max(l[2] for l in cfg.scale_trunk if l[0] == "conv")
         # reduced maps of every scale, plus one trunk layer's input and output
         per_slice2 = b * (cfg.reduce_channels * sum(areas) + 3 * widest2 * max(areas))
-        slab2 = int(max(1, min(64, 0.35 * budget // per_slice2)))
+        slab2 = int(max(1, min(64, 0.15 * budget // per_slice2)))
         slab3 = slab2
         if cfg.cube:
             h3 = (p.patch3d - 1) // 2
-            widest3 = max(l[2] for l in cfg.cube_trunk if l[0] == "conv")
-            per_slice3 = 4 * widest3 * (extent_u + 2 * h3) * (extent_v + 2 * h3) * b
-            slab3 = int(max(1, min(128, 0.35 * budget // per_slice3 - 2 * h3)))
+            # the widest pair of consecutive maps (a conv's input and output) is the peak
+            widths = [1] + [l[2] for l in cfg.cube_trunk if l[0] == "conv"]
+            widest3 = max(a + b_ for a, b_ in zip(widths, widths[1:]))
+            per_slice3 = widest3 * (extent_u + 2 * h3) * (extent_v + 2 * h3) * b
+            slab3 = int(max(1, min(128, 0.55 * budget // per_slice3 - 2 * h3)))
         per_voxel = 2 * cfg.reduce_channels * net.scale_size**2 + cfg.fc1 + 2 * cfg.fc2 + 6 * cfg.num_classes
         if cfg.dist:
             per_voxel += 2 * p.grid**3 + net.dist.fc.in_features + cfg.dist_fc
@@ -258,7 +266,7 @@ class DenseEngine:
     @torch.no_grad()
     def run(self, source: PatchSource, mask: torch.Tensor, atlas: torch.Tensor | None = None,
             probabilities=None, progress: bool = False, *, return_logits: bool = False):
-        """Labels (int64 [D, H, W], CPU; 0 outside the mask) and, when `probabilities` lists
+        """Labels (int16 [D, H, W], int32 above 32767 classes, CPU; 0 outside the mask) and, when `probabilities` lists
         labels, their float16 softmax maps [K, D, H, W] (0 outside the mask), or None.
 
         return_logits: also return the float32 logits [L, D, H, W] (0 outside the mask). That is
@@ -278,7 +286,7 @@ class DenseEngine:
         src = source.to(device=dev, dtype=torch.float32)
         shape = src.shape
         mask_p = mask.to(dev).permute((p.slice_axis, *p.in_plane_axes))
-        labels = torch.zeros(shape, dtype=torch.int64, device=dev)
+        labels = torch.zeros(shape, dtype=torch.int16 if self.model.num_classes <= 32767 else torch.int32, device=dev)
         probs = None
         if probabilities is not None:
             probabilities = torch.as_tensor(probabilities, dtype=torch.int64, device=dev)
@@ -363,7 +371,7 @@ class DenseEngine:
                 rows = atlas_box.view(-1, atlas_box.shape[-1]).index_select(0, local).to(dt)
             logits = self.dense.head(base, dist, cube, rows).float()
             flat = (xyz * strides).sum(1)
-            flat_labels[flat] = logits.argmax(1)
+            flat_labels[flat] = logits.argmax(1).to(flat_labels.dtype)
             if logits_out is not None:
                 logits_out.view(logits.shape[1], -1)[:, flat] = logits.T
             if probs is not None:
@@ -394,7 +402,8 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     progress: draw a progress bar on stderr.
 
     Returns labels (uint8 when the model has <= 256 classes, else uint16) of the volume's shape,
-    as a numpy array for numpy input, a CPU tensor for tensor input, a Volume for a Volume; with
+    as a numpy array for numpy input, a CPU tensor for tensor input (torch.uint8 / torch.uint16),
+    a Volume for a Volume; with
     return_probabilities, a pair (labels, probabilities [K, D, H, W]).
     """
     from .model.io import load_default_model
@@ -423,7 +432,7 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     labels, probs = engine.run(source, m, atl, return_probabilities, progress)
     out = labels.numpy().astype(_label_dtype(model.num_classes))
     if not is_numpy:
-        out = torch.from_numpy(out.astype(np.int32) if out.dtype == np.uint16 else out)
+        out = torch.from_numpy(out)
     if affine is not None:
         out = Volume(out, affine, getattr(volume, "header", None))
     if return_probabilities is not None:

@@ -62,18 +62,14 @@ class Trunk(nn.Module):
                 c = next(convs)
                 x = conv(x.contiguous(memory_format=fmt), c.weight, c.bias, dilation=step).relu_()
             else:
-                x = dense_max_pool(x, step, self.dims)
+                # 2^dims max-pooling, dilation `step`, stride 1: separable maxima of shifted views
+                # (torch's dilated max_pool keeps argmax indices and is several times slower);
+                # inline so that each intermediate is freed as soon as the next one exists
+                for axis in range(2, 2 + self.dims):
+                    n = x.shape[axis] - step
+                    x = torch.maximum(x.narrow(axis, 0, n), x.narrow(axis, step, n))
                 step *= 2
         return x, step
-
-
-def dense_max_pool(x: torch.Tensor, step: int, dims: int) -> torch.Tensor:
-    """2^dims max-pooling with dilation `step` and stride 1, valid: separable maxima of shifted
-    views (torch's dilated max_pool keeps argmax indices and is several times slower)."""
-    for axis in range(x.ndim - dims, x.ndim):
-        n = x.shape[axis] - step
-        x = torch.maximum(x.narrow(axis, 0, n), x.narrow(axis, step, n))
-    return x
 
 
 class DistBranch(nn.Module):

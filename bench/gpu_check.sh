@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-call GPU check (device tool): uses the machine's own torch + triton, downloads nothing.
+# Needs torch, triton and safetensors there (listed in the device KINDS.md). Makes the package
+# importable without building the C++ extension (the GPU path does not use
+# it): a copy with kernels/ placed as spatialseg_fast/kernels, as the wheel lays it out.
+#   run: bash bench/gpu_check.sh     (about 5 minutes on an H200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+site=$(mktemp -d)
+cp -r spatialseg_fast "$site/spatialseg_fast"
+rm -rf "$site/spatialseg_fast/kernels" && cp -r kernels "$site/spatialseg_fast/kernels"
+export PYTHONPATH="$site" PYTHONUNBUFFERED=1 SPATIALSEG_DISABLE_EXT=1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+python3 bench/gpu_check.py 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"
