@@ -227,7 +227,11 @@ class DenseEngine:
         self.memory_budget, self.slab, self.chunk = int(memory_budget), slab, chunk
         self.model = model
         self.dense = DenseForm(model, self.device, self.dtype)
-        if self.device.type == "cuda":
+        # On a GPU every tile gets the same shape (the whole brain's in-plane box, full-height
+        # 3D slabs) so that cuDNN's autotuned algorithms are reused; on the CPU tiles hug the
+        # brain instead (less work, no autotuning to amortise).
+        self.fixed_shapes = self.device.type == "cuda"
+        if self.fixed_shapes:
             torch.backends.cudnn.benchmark = True
 
     def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int, int]:
@@ -297,6 +301,7 @@ class DenseEngine:
         in_plane = mask_p.any(0)
         us, vs = in_plane.any(1).nonzero().flatten(), in_plane.any(0).nonzero().flatten()
         slab2, slab3, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
+        self._box = (int(us.min()), int(us.max()) + 1, int(vs.min()), int(vs.max()) + 1, slab3)
         # tiles: 3D slabs (the 3dBranch map is shared by their 2D slabs), 2D slabs, voxel chunks;
         # a tile without a brain voxel is skipped
         tiles = []
@@ -329,8 +334,14 @@ class DenseEngine:
             return None
         p = self.model.config.patch
         h3 = (p.patch3d - 1) // 2
-        xyz = self._to_array(mask_p[W0:W1].nonzero(), W0)
-        lo, hi = xyz.min(0).values, xyz.max(0).values + 1
+        if self.fixed_shapes:
+            u0, u1, v0, v1, slab3 = self._box
+            corners = torch.tensor([[0, u0, v0], [slab3 - 1, u1 - 1, v1 - 1]], device=self.device)
+            lo, hi = self._to_array(corners, W0).unbind(0)
+            hi = hi + 1
+        else:
+            xyz = self._to_array(mask_p[W0:W1].nonzero(), W0)
+            lo, hi = xyz.min(0).values, xyz.max(0).values + 1
         region = crop(src.volume, (lo - h3).tolist(), (hi + h3).tolist(), p.fill).to(self.dtype)
         return self.dense.cube_map(region), lo
 
@@ -339,8 +350,11 @@ class DenseEngine:
         dev, dt = self.device, self.dtype
         h2 = (p.patch2d - 1) // 2
         nz = mask_p[w0:w1].nonzero()  # [n, 3] plane-major (t, u, v)
-        u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
-        u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1
+        if self.fixed_shapes:
+            u0, u1, v0, v1, _ = self._box
+        else:
+            u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
+            u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1
         regions = [
             crop(src.scales[k], (w0, u0 - h2 * s, v0 - h2 * s), (w1, u1 + h2 * s, v1 + h2 * s), p.fill).unsqueeze(1).to(dt)
             for k, s in enumerate(p.strides)

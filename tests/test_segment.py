@@ -17,7 +17,9 @@ def sharpen(model, gain: float = 20.0):
     """Random weights whose logits differ clearly between voxels and classes (the default
     initialisation gives nearly constant logits, which would make label checks weak)."""
     with torch.no_grad():
-        model.fc3.weight.mul_(gain)
+        # zero-sum rows: no class wins everywhere through the mean of the (non-negative) fc2 output
+        model.fc3.weight.sub_(model.fc3.weight.mean(1, keepdim=True)).mul_(gain)
+        model.fc3.bias.zero_()
         if model.prob is not None:
             model.prob.layers[-1].weight.mul_(gain)
     return model
@@ -106,6 +108,9 @@ def test_tiling_does_not_change_labels():
     for slab, chunk in ((None, None), (1, 97), (4, 1000), (7, 256)):
         engine = DenseEngine(model, device="cpu", slab=slab, chunk=chunk)
         runs.append(engine.run(source, mask, atlas, return_logits=True))
+    gpu_mode = DenseEngine(model, device="cpu", slab=5)
+    gpu_mode.fixed_shapes = True  # the GPU's constant-shape tiles, checked here on the CPU
+    runs.append(gpu_mode.run(source, mask, atlas, return_logits=True))
     ref_labels, _, ref_logits = runs[0]
     scale = float(ref_logits.abs().max())
     for labels, _, logits in runs[1:]:

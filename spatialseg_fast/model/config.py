@@ -77,8 +77,8 @@ class ModelConfig:
     dist_inception: tuple = (16, 16, 16)
     dist_fc: int = 130
     # 3dBranch.
-    cube_trunk: tuple = (("conv", 3, 32), ("conv", 3, 64), ("conv", 3, 64), ("pool",), ("conv", 3, 32))
-    cube_fc: int = 1190
+    cube_trunk: tuple = (("conv", 3, 32), ("conv", 3, 128), ("conv", 3, 32), ("pool",), ("conv", 3, 16))
+    cube_fc: int = 1364
     dropout: float = 0.5
     intensity_mean: float = 0.0
     intensity_std: float = 1.0
