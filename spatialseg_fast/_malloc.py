@@ -30,6 +30,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 1 << 30) and mallopt(_M_TOP_PAD, 256 << 20)
-    _done = bool(ok)
+    # glibc before 2.35-ish caps the mmap threshold at 32 MiB (HEAP_MAX/2 on 64-bit): fall back to it
+    mmap_ok = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+    trim_ok = bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    mallopt(_M_TOP_PAD, 256 << 20)
+    _done = mmap_ok and trim_ok
     return _done

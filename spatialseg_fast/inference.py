@@ -10,6 +10,7 @@ probability volume is never held; slab and chunk sizes follow a memory budget.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 
@@ -21,7 +22,7 @@ from ._progress import Progress
 from .config import PatchConfig
 from .model.dense import DenseForm, crop
 from .model.network import SpatialSegNet
-from .ops._checks import as_tensor, check_finite, check_float, check_spacing, check_volume
+from .ops._checks import as_tensor, check_centres, check_finite, check_float, check_spacing, check_volume
 from .ops.extract_patches import PatchSource, extract_patches, prepare_patch_source
 from .ops.landmark_distances import landmark_distances
 from .volume import Volume
@@ -114,6 +115,19 @@ def _mask_tensor(mask, volume: torch.Tensor) -> torch.Tensor:
     return m
 
 
+def _check_probabilities(model: SpatialSegNet, labels) -> list[int] | None:
+    """The labels whose probability maps are wanted, as a list of ints in [0, num_classes)."""
+    if labels is None:
+        return None
+    values = np.atleast_1d(np.asarray(labels, dtype=object))
+    ok = values.ndim == 1 and len(values) > 0 and all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and 0 <= int(x) < model.num_classes for x in values
+    )
+    if not ok:
+        raise ValueError(f"return_probabilities must list integer labels in [0, {model.num_classes}); got {labels!r}")
+    return [int(x) for x in values]
+
+
 def normalise(model: SpatialSegNet, volume: torch.Tensor) -> torch.Tensor:
     """(x - mean) / std with the model's stored intensity statistics, in float32."""
     cfg = model.config
@@ -129,6 +143,16 @@ def prepare_source(model: SpatialSegNet, volume, spacing=None, device=None) -> P
     if device is not None:
         vol = vol.to(device)
     return prepare_patch_source(normalise(model, vol), model.config.patch, spacing=spacing)
+
+
+@contextmanager
+def _matmul_tf32(allowed: bool):
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @contextmanager
@@ -164,7 +188,7 @@ def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacin
     if source.config != model.config.patch:
         raise ValueError("the PatchSource was prepared with another PatchConfig than the model's")
     atl = _atlas_tensor(model, atlas, source.shape)
-    c = as_tensor(centres, "centres")
+    c = check_centres(centres, source.shape, integer=True).to(torch.int64)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     dev = next(model.parameters()).device
@@ -211,19 +235,17 @@ class DenseEngine:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision)
         self.threads = threads
-        if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be >= 1; got {threads}")
+        for name, v in (("threads", threads), ("memory_budget", memory_budget), ("slab", slab), ("chunk", chunk)):
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
         if memory_budget is None:
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
-                memory_budget = free // 3
+                memory_budget = max(64 << 20, free // 3)
             else:
                 memory_budget = 1 << 30
         if memory_budget < (64 << 20):
             raise ValueError(f"memory_budget must be at least 64 MiB; got {memory_budget} bytes")
-        for name, v in (("slab", slab), ("chunk", chunk)):
-            if v is not None and int(v) < 1:
-                raise ValueError(f"{name} must be >= 1; got {v}")
         self.memory_budget, self.slab, self.chunk = int(memory_budget), slab, chunk
         self.model = model
         self.dense = DenseForm(model, self.device, self.dtype)
@@ -231,8 +253,6 @@ class DenseEngine:
         # 3D slabs) so that cuDNN's autotuned algorithms are reused; on the CPU tiles hug the
         # brain instead (less work, no autotuning to amortise).
         self.fixed_shapes = self.device.type == "cuda"
-        if self.fixed_shapes:
-            torch.backends.cudnn.benchmark = True
 
     def _plan(self, extent_u: int, extent_v: int) -> tuple[int, int, int]:
         """(slices per 2D slab, slices per 3D slab, voxels per classifier chunk) keeping the live
@@ -267,6 +287,11 @@ class DenseEngine:
         slab2, slab3, chunk = self.slab or slab2, self.slab or slab3, self.chunk or chunk
         return min(slab2, slab3), slab3, chunk
 
+    @staticmethod
+    def _balanced(extent: int, size: int) -> int:
+        """The same number of tiles of at most `size`, made as equal as possible."""
+        return math.ceil(extent / math.ceil(extent / size))
+
     @torch.no_grad()
     def run(self, source: PatchSource, mask: torch.Tensor, atlas: torch.Tensor | None = None,
             probabilities=None, progress: bool = False, *, return_logits: bool = False):
@@ -276,9 +301,25 @@ class DenseEngine:
         return_logits: also return the float32 logits [L, D, H, W] (0 outside the mask). That is
         the whole C x D x H x W volume the engine otherwise never holds: for tests and small
         volumes only."""
+        if not isinstance(source, PatchSource):
+            raise ValueError(f"source must be a PatchSource (prepare_source); got {type(source).__name__}")
+        if source.config != self.model.config.patch:
+            raise ValueError("the PatchSource was prepared with another PatchConfig than the model's")
+        if mask is None:
+            raise ValueError("mask is required: the voxels to classify, a boolean [D, H, W] (segment() defaults it to the non-zero voxels)")
+        mask = _mask_tensor(mask, source.volume)
+        atlas = _atlas_tensor(self.model, atlas, source.shape)
+        probabilities = _check_probabilities(self.model, probabilities)
         if self.device.type == "cpu":
             keep_freed_memory()
-        with _threads(self.threads):
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(_threads(self.threads))
+            if self.device.type == "cuda":
+                scope.enter_context(torch.cuda.device(self.device))  # Triton launches on the current device
+                # cuDNN autotuning for the constant tile shapes; no TF32 in fp32 (same logits as the CPU)
+                scope.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=self.fixed_shapes,
+                                                               deterministic=False, allow_tf32=self.dtype != torch.float32))
+                scope.enter_context(_matmul_tf32(self.dtype != torch.float32))
             try:
                 return self._run(source, mask, atlas, probabilities, progress, return_logits)
             finally:
@@ -301,6 +342,8 @@ class DenseEngine:
         in_plane = mask_p.any(0)
         us, vs = in_plane.any(1).nonzero().flatten(), in_plane.any(0).nonzero().flatten()
         slab2, slab3, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
+        slab3 = self._balanced(w_hi - w_lo, slab3)
+        slab2 = self._balanced(slab3, slab2)
         self._box = (int(us.min()), int(us.max()) + 1, int(vs.min()), int(vs.max()) + 1, slab3)
         # tiles: 3D slabs (the 3dBranch map is shared by their 2D slabs), 2D slabs, voxel chunks;
         # a tile without a brain voxel is skipped
@@ -414,11 +457,17 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     threads: CPU threads for this call (default: torch's setting).
     return_probabilities: labels whose softmax probability maps to return too (float16).
     progress: draw a progress bar on stderr.
+    memory_budget: bytes for the engine's working buffers (default 1 GiB on the CPU, a third of
+        the free GPU memory); a target that sets the tile sizes, not a hard limit. Results do not
+        depend on it.
 
     Returns labels (uint8 when the model has <= 256 classes, else uint16) of the volume's shape,
     as a numpy array for numpy input, a CPU tensor for tensor input (torch.uint8 / torch.uint16),
-    a Volume for a Volume; with
-    return_probabilities, a pair (labels, probabilities [K, D, H, W]).
+    a Volume for a Volume; with return_probabilities, a pair (labels, probabilities [K, D, H, W]).
+
+    Process-wide effect on Linux/glibc: the first CPU run raises glibc's mmap/trim thresholds so
+    that freed large buffers are reused instead of re-faulted (~15% faster; freed memory up to
+    1 GiB stays with the process). Set SPATIALSEG_NO_MALLOC_TUNING=1 to keep glibc's defaults.
     """
     from .model.io import load_default_model
 
@@ -434,16 +483,10 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     model = _check_model(model)
     spacing = check_spacing(spacing)
     m = _mask_tensor(mask, vol)
-    atl = _atlas_tensor(model, atlas, vol.shape)
-    if return_probabilities is not None:
-        wanted = [int(x) for x in np.atleast_1d(np.asarray(return_probabilities))]
-        bad = [x for x in wanted if not 0 <= x < model.num_classes]
-        if bad or not wanted:
-            raise ValueError(f"return_probabilities must list labels in [0, {model.num_classes}); got {return_probabilities!r}")
-        return_probabilities = wanted
+    return_probabilities = _check_probabilities(model, return_probabilities)
     engine = DenseEngine(model, device=device, precision=precision, threads=threads, memory_budget=memory_budget)
     source = prepare_source(model, vol, spacing)
-    labels, probs = engine.run(source, m, atl, return_probabilities, progress)
+    labels, probs = engine.run(source, m, atlas, return_probabilities, progress)
     out = labels.numpy().astype(_label_dtype(model.num_classes))
     if not is_numpy:
         out = torch.from_numpy(out)

@@ -48,7 +48,9 @@ def patch_logits64(model, volume, atlas, centres, spacing):
     """The per-patch classifier in float64 (torch reference patches, float64 weights)."""
     m64 = build_model(config=model.config).double()
     m64.load_state_dict(model.state_dict())
-    src = prepare_patch_source(volume.double(), model.config.patch, spacing=spacing)
+    cfg = model.config
+    normalised = (volume.double() - cfg.intensity_mean) / cfg.intensity_std
+    src = prepare_patch_source(normalised, cfg.patch, spacing=spacing)
     p = extract_patches(src, centres, backend="torch")
     rows = None if atlas is None else atlas.double()[:, centres[:, 0], centres[:, 1], centres[:, 2]].T
     with torch.no_grad():
@@ -100,6 +102,34 @@ def test_dense_equals_per_patch_with_other_geometry():
     assert float((at(dense_logits, centres).T.double() - ref64).abs().max()) <= tol
 
 
+def test_dense_equals_per_patch_partial_mask_and_options():
+    """A brain mask (the 2D and 3D boxes hug it, so padding reads real voxels and fill), slicing
+    along axis 0, a non-zero fill, intensity normalisation, the GPU's constant-shape tiles."""
+    from spatialseg_fast.config import PatchConfig
+
+    cfg = PatchConfig(slice_axis=0, fill=-0.5)
+    model = sharpen(build_model("full", 5, seed=4, patch=cfg, intensity_mean=1.5, intensity_std=2.0,
+                                cube_trunk=(("conv", 3, 8), ("conv", 3, 8), ("pool",), ("conv", 3, 8))))
+    g = torch.Generator().manual_seed(11)
+    shape = (24, 20, 22)
+    volume, atlas = torch.randn(shape, generator=g) + 3, torch.rand((5, *shape), generator=g)
+    axes = [torch.arange(n) - (n - 1) / 2 for n in shape]
+    r = sum((a.view([-1 if i == k else 1 for i in range(3)]) / (0.4 * n)) ** 2 for k, (a, n) in enumerate(zip(axes, shape)))
+    mask = r < 1
+    centres = mask.nonzero()
+    centres = centres[torch.randperm(len(centres), generator=g)[:250]]
+    ref64 = patch_logits64(model, volume, atlas, centres, SPACING)
+    _, logits32 = classify_voxels(model, volume, centres, atlas, spacing=SPACING, return_logits=True)
+    tol = 2 * float((logits32.double() - ref64).abs().max()) + 1e-5 * float(ref64.abs().max())
+    source = prepare_source(model, volume, SPACING)
+    for fixed in (False, True):
+        engine = DenseEngine(model, slab=3)
+        engine.fixed_shapes = fixed
+        labels, _, logits = engine.run(source, mask, atlas, return_logits=True)
+        assert float((at(logits, centres).T.double() - ref64).abs().max()) <= tol
+        assert bool((labels[~mask] == 0).all())
+
+
 def test_tiling_does_not_change_labels():
     model, volume, atlas = random_case("full", seed=1)
     source = prepare_source(model, volume)
@@ -123,7 +153,8 @@ def test_memory_budget_sets_the_tiles_and_not_the_labels():
     source = prepare_source(model, volume)
     mask = torch.ones(SHAPE, dtype=torch.bool)
     small, big = DenseEngine(model, memory_budget=64 << 20), DenseEngine(model, memory_budget=4 << 30)
-    assert small._plan(200, 200) < big._plan(200, 200)
+    assert all(a <= b for a, b in zip(small._plan(200, 200), big._plan(200, 200)))
+    assert small._plan(200, 200) != big._plan(200, 200)
     assert torch.equal(small.run(source, mask, atlas)[0], big.run(source, mask, atlas)[0])
 
 
@@ -154,7 +185,7 @@ def test_default_mask_is_nonzero_voxels():
 
 
 def test_types_in_and_out():
-    model, volume, _ = random_case("basenet", seed=6)
+    model, volume, _ = random_case("basenet+dist", seed=6)
     as_tensor = segment(volume, model)
     assert isinstance(as_tensor, torch.Tensor) and as_tensor.dtype == torch.uint8
     affine = np.diag([1.1, 0.9, 1.3, 1.0])
@@ -162,6 +193,7 @@ def test_types_in_and_out():
     out = segment(Volume(volume.numpy(), affine), model)
     assert isinstance(out, Volume) and np.array_equal(out.affine, affine) and out.data.shape == SHAPE
     assert np.array_equal(out.data, segment(volume, model, spacing=(1.1, 0.9, 1.3)).numpy())  # spacing from the affine
+    assert not np.array_equal(out.data, as_tensor.numpy())  # ... and it matters (DistBranch)
     many = build_model("basenet", 300, seed=0)
     assert segment(volume.numpy(), many).dtype == np.uint16
 
@@ -201,6 +233,11 @@ def test_progress_bar_on_request(capsys):
         (lambda v, a: dict(mask=torch.ones(3, 3, 3)), "mask has shape"),
         (lambda v, a: dict(precision="fp8"), "precision"),
         (lambda v, a: dict(device="tpu"), "device"),
+        (lambda v, a: dict(return_probabilities=[1.7]), "integer labels"),
+        (lambda v, a: dict(return_probabilities=[True]), "integer labels"),
+        (lambda v, a: dict(return_probabilities=[-1]), "integer labels"),
+        (lambda v, a: dict(memory_budget="1G"), "memory_budget"),
+        (lambda v, a: dict(threads=0), "threads"),
         (lambda v, a: dict(volume=v.numpy().astype(np.complex64)), "real|numeric"),
     ],
 )
@@ -225,3 +262,35 @@ def test_no_model_and_no_default_weights_says_what_to_do(monkeypatch):
     monkeypatch.setattr(io, "default_model_path", lambda: None)
     with pytest.raises(ModelNotFoundError, match="spatialseg train"):
         segment(torch.ones(4, 4, 4))
+
+
+def test_engine_run_checks_its_inputs():
+    model, volume, atlas = random_case("basenet+prob", seed=12)
+    source = prepare_source(model, volume)
+    engine = DenseEngine(model)
+    mask = torch.ones(SHAPE, dtype=torch.bool)
+    with pytest.raises(ValueError, match="mask is required"):
+        engine.run(source, None, atlas)
+    with pytest.raises(ValueError, match="mask is empty"):
+        engine.run(source, torch.zeros(SHAPE, dtype=torch.bool), atlas)
+    with pytest.raises(ValueError, match="needs atlas"):
+        engine.run(source, mask, None)
+    other = prepare_patch_source(volume, model.config.patch.__class__(slice_axis=0))
+    with pytest.raises(ValueError, match="another PatchConfig"):
+        engine.run(other, mask, atlas)
+
+
+def test_classify_voxels_checks_centres_first():
+    model, volume, _ = random_case("basenet", seed=13)
+    with pytest.raises(ValueError, match="outside the volume"):
+        classify_voxels(model, volume, [[0, 0, 0]] * 600 + [[99, 0, 0]], batch_size=512)
+    one = classify_voxels(model, volume, [3, 4, 5])
+    assert one.shape == (1,)
+
+
+def test_dense_form_does_not_copy_a_loaded_atlas():
+    from spatialseg_fast.model import DenseForm
+
+    model = build_model("basenet+prob", 4)
+    model.atlas = torch.rand(4, 30, 30, 30)
+    assert not hasattr(DenseForm(model).net, "atlas")

@@ -13,8 +13,6 @@ How it stays exact:
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +44,11 @@ class DenseForm:
     """A model prepared for dense evaluation in one dtype on one device."""
 
     def __init__(self, model: SpatialSegNet, device=None, dtype=torch.float32):
-        net = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+        # a fresh module with the same weights (a deepcopy would also copy attributes such as a
+        # loaded model's atlas, gigabytes the dense form never reads)
+        net = SpatialSegNet(model.config)
+        net.load_state_dict(model.state_dict())
+        net = net.eval().to(device=device, dtype=dtype)
         for p in net.parameters():
             p.requires_grad_(False)
         cfg = net.config
