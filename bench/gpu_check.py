@@ -83,7 +83,7 @@ def timing(rows, sampled=20000):
     t0 = time.perf_counter()
     classify_voxels(model, source, centres, atlas, batch_size=1024)
     sync()
-    return sampled / (time.perf_counter() - t0)
+    return sampled / (time.perf_counter() - t0), brain
 
 
 def main():
@@ -93,12 +93,12 @@ def main():
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {info['triton']} extension {info['extension']}")
     checks, times = [], []
     correctness(checks)
-    patch_rate = timing(times)
+    patch_rate, brain = timing(times)
     print("\n== gpu_check summary ==")
     print(f"{'preset':<22} {'max|d|':>9} {'labels':>7} {'patch':>7} {'bf16':>7} {'fp16':>7}")
     for preset, diff, scale, agree, patch, b, h in checks:
         print(f"{preset:<22} {diff:>9.1e} {agree:>7.4f} {patch:>7.4f} {b:>7.4f} {h:>7.4f}")
-    print(f"\nfull preset, 182x218x182, brain {1494595:,} voxels (ellipsoid), per-patch {patch_rate:,.0f} voxels/s")
+    print(f"\nfull preset, 182x218x182, brain {brain:,} voxels (ellipsoid), per-patch {patch_rate:,.0f} voxels/s")
     print(f"{'precision':<9} {'dense s':>8} {'voxels/s':>12} {'peak GiB':>9} {'dense/patch':>12}")
     for prec, sec, rate, mem in times:
         print(f"{prec:<9} {sec:>8.2f} {rate:>12,.0f} {mem:>9.2f} {rate / patch_rate:>11.0f}x")

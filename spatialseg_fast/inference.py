@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ._malloc import keep_freed_memory
 from ._progress import Progress
 from .config import PatchConfig
 from .model.dense import DenseForm, crop
@@ -310,8 +309,6 @@ class DenseEngine:
         mask = _mask_tensor(mask, source.volume)
         atlas = _atlas_tensor(self.model, atlas, source.shape)
         probabilities = _check_probabilities(self.model, probabilities)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         with contextlib.ExitStack() as scope:
             scope.enter_context(_threads(self.threads))
             if self.device.type == "cuda":
@@ -464,10 +461,6 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     Returns labels (uint8 when the model has <= 256 classes, else uint16) of the volume's shape,
     as a numpy array for numpy input, a CPU tensor for tensor input (torch.uint8 / torch.uint16),
     a Volume for a Volume; with return_probabilities, a pair (labels, probabilities [K, D, H, W]).
-
-    Process-wide effect on Linux/glibc: the first CPU run raises glibc's mmap/trim thresholds so
-    that freed large buffers are reused instead of re-faulted (~15% faster; freed memory up to
-    1 GiB stays with the process). Set SPATIALSEG_NO_MALLOC_TUNING=1 to keep glibc's defaults.
     """
     from .model.io import load_default_model
 

@@ -227,6 +227,7 @@ def test_progress_bar_on_request(capsys):
         (lambda v, a: dict(volume=torch.zeros(0, 4, 4)), "empty"),
         (lambda v, a: dict(volume=torch.zeros_like(v)), "no non-zero voxel"),
         (lambda v, a: dict(atlas=a[:, :-1]), "atlas must have shape"),
+        (lambda v, a: dict(atlas=torch.where(a > 0.99, torch.tensor(-float("inf")), a).half()), "infinite"),
         (lambda v, a: dict(atlas=a[:-1]), "num_classes"),
         (lambda v, a: dict(atlas=None), "needs atlas"),
         (lambda v, a: dict(mask=torch.zeros(v.shape, dtype=torch.bool)), "mask is empty"),

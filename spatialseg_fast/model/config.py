@@ -47,11 +47,12 @@ def _layers(spec) -> tuple:
 
 def trunk_output_size(size: int, layers) -> int:
     """Side of a trunk's output for an input of side `size` (valid convs, floor pooling)."""
+    side = size
     for layer in layers:
-        size = size - layer[1] + 1 if layer[0] == "conv" else size // 2
-        if size < 1:
+        side = side - layer[1] + 1 if layer[0] == "conv" else side // 2
+        if side < 1:
             raise ValueError(f"the trunk {layers} does not fit an input of side {size}")
-    return size
+    return side
 
 
 @dataclass(frozen=True)
