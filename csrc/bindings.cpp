@@ -15,6 +15,7 @@
 #include "core/extract_patches.hpp"
 #include "core/landmark_distances.hpp"
 #include "core/parallel.hpp"
+#include "core/surface_distances.hpp"
 
 namespace py = pybind11;
 using spatialseg::LandmarkGrid;
@@ -126,6 +127,43 @@ void extract_patches(std::array<int64_t, 3> shape, F32 scales, std::optional<F32
   spatialseg::extract_patches(sc, vol, atl, ce, n, rot, scl, g, o2, o3, od, oa, num_threads);
 }
 
+using I32 = py::array_t<int32_t, py::array::c_style>;
+
+// Returns (counts [L, 5] int64: |X|, |Y|, |X & Y|, border X, border Y; list of L float64 arrays
+// ref->pred; list of L float64 arrays pred->ref).
+py::tuple surface_distances(I32 ref, I32 pred, int64_t num_labels, std::array<double, 3> spacing,
+                            int connectivity, int ndim, int num_threads) {
+  require(ref.ndim() == 3 && pred.ndim() == 3, "label maps must be 3D (a 2D map as 1 x H x W)");
+  std::array<int64_t, 3> shape{};
+  for (int a = 0; a < 3; ++a) {
+    shape[a] = ref.shape(a);
+    require(pred.shape(a) == shape[a], "label maps must have the same shape");
+    require(spacing[a] > 0, "spacing must be positive");
+  }
+  require(ndim == 2 || ndim == 3, "ndim must be 2 or 3");
+  require(ndim == 3 || shape[0] == 1, "a 2D map is passed as 1 x H x W");
+  require(connectivity >= 1 && connectivity <= ndim, "connectivity must be 1..ndim");
+  require(num_labels >= 0, "num_labels must be >= 0");
+  const int32_t* r = ref.data();
+  const int32_t* p = pred.data();
+  std::vector<spatialseg::LabelSurface> result;
+  {
+    py::gil_scoped_release release;
+    result = spatialseg::surface_distances(r, p, shape, num_labels, spacing, connectivity, ndim, num_threads);
+  }
+  py::array_t<int64_t> counts({num_labels, int64_t{5}});
+  auto c = counts.mutable_unchecked<2>();
+  py::list ref_to_pred, pred_to_ref;
+  for (int64_t l = 0; l < num_labels; ++l) {
+    const auto& s = result[l];
+    c(l, 0) = s.count_ref, c(l, 1) = s.count_pred, c(l, 2) = s.intersection;
+    c(l, 3) = s.border_ref, c(l, 4) = s.border_pred;
+    ref_to_pred.append(py::array_t<double>(s.ref_to_pred.size(), s.ref_to_pred.data()));
+    pred_to_ref.append(py::array_t<double>(s.pred_to_ref.size(), s.pred_to_ref.data()));
+  }
+  return py::make_tuple(counts, ref_to_pred, pred_to_ref);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = SPATIALSEG_VERSION;
@@ -154,5 +192,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("slice_axis"), py::arg("patch2d"), py::arg("strides"), py::arg("patch3d"),
         py::arg("grid"), py::arg("spacing"), py::arg("fill"), py::arg("out2d"), py::arg("out3d"),
         py::arg("out_dist"), py::arg("out_atlas"), py::arg("num_threads") = 0);
+  m.def("surface_distances", &surface_distances, py::arg("ref"), py::arg("pred"), py::arg("num_labels"),
+        py::arg("spacing"), py::arg("connectivity") = 1, py::arg("ndim") = 3, py::arg("num_threads") = 0);
   m.def("build_info", &build_info, "How this extension was compiled");
 }

@@ -1,0 +1,158 @@
+"""surface_distances: hand-computed cases, every backend against scipy's EDT, properties."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from spatialseg_fast.ops import surface_distances
+
+from conftest import available_backends
+
+ndimage = pytest.importorskip("scipy.ndimage")
+BACKENDS = [b for b in available_backends() if b in ("cpp", "torch")]
+
+
+def scipy_distances(pred, ref, label, spacing, connectivity):
+    """Oracle: medpy's border (erosion, edge = background) and scipy's exact EDT."""
+    structure = ndimage.generate_binary_structure(ref.ndim, connectivity)
+    X, Y = ref == label, pred == label
+    bX = X ^ ndimage.binary_erosion(X, structure, border_value=0)
+    bY = Y ^ ndimage.binary_erosion(Y, structure, border_value=0)
+    if not bX.any() or not bY.any():
+        return np.zeros(0), np.zeros(0)
+    return ndimage.distance_transform_edt(~bY, sampling=spacing)[bX], ndimage.distance_transform_edt(~bX, sampling=spacing)[bY]
+
+
+def blobs(shape, labels, seed, size=5):
+    rng = np.random.default_rng(seed)
+    noisy = rng.integers(0, labels, shape)
+    return ndimage.median_filter(noisy, size=size).astype(np.int16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_cubes_a_known_distance_apart(backend):
+    ref, pred = np.zeros((14, 6, 6), np.uint8), np.zeros((14, 6, 6), np.uint8)
+    ref[2:5, 2:5, 2:5] = 1
+    pred[7:10, 2:5, 2:5] = 1  # the same cube 5 voxels further along axis 0
+    d = surface_distances(pred, ref, spacing=(1.5, 1.0, 1.0), backend=backend)
+    assert d.labels.tolist() == [1]
+    assert d.counts.tolist() == [[27, 27, 0, 26, 26]]
+    # farthest layer: 5 voxels; directed means over 26 border voxels: (9*5 + 8*4 + 9*3) / 26 = 4
+    assert d.hausdorff()[0] == pytest.approx(7.5)
+    assert d.directed_mean("ref_to_pred")[0] == pytest.approx(6.0)
+    assert d.directed_mean("pred_to_ref")[0] == pytest.approx(6.0)
+    assert d.msd()[0] == pytest.approx(6.0) and d.assd()[0] == pytest.approx(6.0)
+    assert d.dice()[0] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_voxels_and_identical_maps(backend):
+    ref, pred = np.zeros((5, 7, 9), np.int32), np.zeros((5, 7, 9), np.int32)
+    ref[1, 2, 3] = 4
+    pred[3, 5, 3] = 4
+    d = surface_distances(pred, ref, spacing=(2.0, 1.0, 3.0), backend=backend)
+    assert d.hausdorff()[0] == pytest.approx(np.hypot(2 * 2.0, 3 * 1.0))
+    same = surface_distances(ref, ref, backend=backend)
+    assert same.hausdorff()[0] == 0 and same.dice()[0] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sphere_against_itself_shifted(backend):
+    z, y, x = np.mgrid[:21, :21, :21]
+    ball = lambda c: ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= 36).astype(np.uint8)
+    d = surface_distances(ball((10, 10, 12)), ball((10, 10, 10)), backend=backend)
+    a, b = scipy_distances(ball((10, 10, 12)), ball((10, 10, 10)), 1, (1, 1, 1), 1)
+    assert d.hausdorff()[0] == pytest.approx(max(a.max(), b.max()))
+    assert 1.9 < d.hausdorff()[0] < 2.3  # a 2-voxel shift
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_touching_the_edge_and_absent_labels(backend):
+    ref = np.ones((6, 7, 8), np.uint8)  # fills the image: its border is the image's outer layer
+    pred = ref.copy()
+    pred[:, :, 6:] = 2
+    ref[0, 0, 0] = 3  # only in ref
+    d = surface_distances(pred, ref, labels=[1, 2, 3, 9], backend=backend)
+    for i, label in enumerate([1, 2, 3]):
+        a, b = scipy_distances(pred, ref, label, (1, 1, 1), 1)
+        assert np.allclose(np.sort(d.ref_to_pred[i]), np.sort(a)) and np.allclose(np.sort(d.pred_to_ref[i]), np.sort(b))
+    assert d.counts[0, 3] == 6 * 7 * 8 - 4 * 5 * 6 - 1  # the outer layer less the corner voxel (label 3)
+    assert np.isnan(d.hausdorff()[2]) and d.dice()[2] == 0  # in one map only
+    assert np.isnan(d.hausdorff()[3]) and np.isnan(d.dice()[3])  # in neither
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ndim, connectivity", [(3, 1), (3, 2), (3, 3), (2, 1), (2, 2)])
+def test_against_scipy_on_random_label_maps(backend, ndim, connectivity):
+    shape = (19, 23, 16)[:ndim] if ndim == 3 else (41, 37)
+    spacing = (1.2, 0.8, 1.7)[:ndim]
+    ref, pred = blobs(shape, 6, 1), blobs(shape, 6, 2)
+    d = surface_distances(torch.from_numpy(pred), ref, spacing=spacing, connectivity=connectivity, backend=backend)
+    assert sorted(d.labels.tolist()) == sorted(set(np.unique(np.concatenate([ref.ravel(), pred.ravel()]))) - {0})
+    for i, label in enumerate(d.labels):
+        a, b = scipy_distances(pred, ref, label, spacing, connectivity)
+        # each voxel's own distance, in C order of the border voxels
+        assert np.allclose(d.ref_to_pred[i], a, atol=1e-12) and np.allclose(d.pred_to_ref[i], b, atol=1e-12)
+        assert d.counts[i, 0] == (ref == label).sum() and d.counts[i, 2] == ((ref == label) & (pred == label)).sum()
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="needs the C++ extension")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_threads_agree_with_reference(threads):
+    ref, pred = blobs((17, 21, 19), 9, 3, size=3), blobs((17, 21, 19), 9, 4, size=3)
+    got = surface_distances(pred, ref, spacing=(1, 1, 1.2), backend="cpp", num_threads=threads)
+    want = surface_distances(pred, ref, spacing=(1, 1, 1.2), backend="torch")
+    assert np.array_equal(got.counts, want.counts)
+    for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
+        assert np.allclose(a, b, atol=1e-12)
+
+
+def test_label_order_is_kept():
+    ref, pred = blobs((15, 15, 15), 5, 5), blobs((15, 15, 15), 5, 6)
+    a = surface_distances(pred, ref, labels=[3, 1, 2])
+    b = surface_distances(pred, ref, labels=[1, 2, 3])
+    assert a.labels.tolist() == [3, 1, 2]
+    assert np.array_equal(a.counts, b.counts[[2, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(pred=np.zeros((3, 3, 3)), ref=np.zeros((3, 3, 4))), "same shape"),
+        (dict(pred=np.zeros((3, 3, 3, 2)), ref=np.zeros((3, 3, 3, 2))), "2D or 3D"),
+        (dict(pred=np.full((3, 3), 0.5), ref=np.zeros((3, 3))), "integer labels"),
+        (dict(pred=np.zeros((0, 3)), ref=np.zeros((0, 3))), "empty"),
+        (dict(spacing=(1, 1)), "spacing"),
+        (dict(spacing=(1, -1, 1)), "spacing"),
+        (dict(connectivity=4), "connectivity"),
+        (dict(labels=[1, 1]), "repeat"),
+        (dict(labels=[1.5]), "integers"),
+    ],
+)
+def test_bad_inputs(kwargs, match):
+    args = dict(pred=np.zeros((3, 3, 3), np.uint8), ref=np.zeros((3, 3, 3), np.uint8))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        surface_distances(args.pop("pred"), args.pop("ref"), **args)
+
+
+maps = st.integers(0, 2**31 - 1).map(lambda seed: (blobs((9, 10, 11), 4, seed, 3), blobs((9, 10, 11), 4, seed + 1, 3)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pair=maps, sx=st.floats(0.5, 2.0))
+def test_properties(pair, sx):
+    pred, ref = pair
+    spacing = (sx, 1.0, 1.3)
+    d = surface_distances(pred, ref, labels=[1, 2, 3], spacing=spacing)
+    e = surface_distances(ref, pred, labels=[1, 2, 3], spacing=spacing)
+    hd, hd95 = d.hausdorff(), d.pooled_percentile(95)
+    ok = ~np.isnan(hd)
+    assert np.all(hd[ok] >= hd95[ok] - 1e-12) and np.all(hd95[ok] >= 0)
+    assert np.array_equal(np.isnan(hd), np.isnan(e.hausdorff()))
+    assert np.allclose(hd[ok], e.hausdorff()[ok]) and np.allclose(d.msd()[ok], e.msd()[ok])
+    dice = d.dice()
+    assert np.all((dice[~np.isnan(dice)] >= 0) & (dice[~np.isnan(dice)] <= 1))
+    same = surface_distances(ref, ref, labels=[1, 2, 3], spacing=spacing)
+    present = ~np.isnan(same.hausdorff())
+    assert np.all(same.hausdorff()[present] == 0) and np.all(same.dice()[present] == 1)
