@@ -129,9 +129,10 @@ void extract_patches(std::array<int64_t, 3> shape, F32 scales, std::optional<F32
 
 using I32 = py::array_t<int32_t, py::array::c_style>;
 
-// Returns (counts [L, 5] int64: |X|, |Y|, |X & Y|, border X, border Y; list of L float64 arrays
-// ref->pred; list of L float64 arrays pred->ref).
-py::tuple surface_distances(I32 ref, I32 pred, int64_t num_labels, std::array<double, 3> spacing,
+// ref, pred: int32 label maps (a 2D map as 1 x H x W); lut: value -> id (or -1) for values
+// 0..len(lut)-1; values: the label value of each id. Returns (counts [L, 5] int64: |X|, |Y|,
+// |X & Y|, border X, border Y; list of L float64 arrays ref->pred; list of L arrays pred->ref).
+py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<double, 3> spacing,
                             int connectivity, int ndim, int num_threads) {
   require(ref.ndim() == 3 && pred.ndim() == 3, "label maps must be 3D (a 2D map as 1 x H x W)");
   std::array<int64_t, 3> shape{};
@@ -143,13 +144,21 @@ py::tuple surface_distances(I32 ref, I32 pred, int64_t num_labels, std::array<do
   require(ndim == 2 || ndim == 3, "ndim must be 2 or 3");
   require(ndim == 3 || shape[0] == 1, "a 2D map is passed as 1 x H x W");
   require(connectivity >= 1 && connectivity <= ndim, "connectivity must be 1..ndim");
-  require(num_labels >= 0, "num_labels must be >= 0");
+  const int64_t num_labels = values.size();
+  const int32_t* lt = lut.data();
+  for (int64_t l = 0; l < num_labels; ++l) {
+    const int32_t v = values.data()[l];
+    require(v >= 0 && v < lut.size() && lt[v] == l, "lut and values must be inverse");
+  }
+  const spatialseg::LabelLut table{lt, static_cast<int64_t>(lut.size())};
   const int32_t* r = ref.data();
   const int32_t* p = pred.data();
+  const int32_t* vals = values.data();
   std::vector<spatialseg::LabelSurface> result;
   {
     py::gil_scoped_release release;
-    result = spatialseg::surface_distances(r, p, shape, num_labels, spacing, connectivity, ndim, num_threads);
+    result = spatialseg::surface_distances(r, p, shape, table, vals, num_labels, spacing, connectivity, ndim,
+                                           num_threads);
   }
   py::array_t<int64_t> counts({num_labels, int64_t{5}});
   auto c = counts.mutable_unchecked<2>();
@@ -192,7 +201,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("slice_axis"), py::arg("patch2d"), py::arg("strides"), py::arg("patch3d"),
         py::arg("grid"), py::arg("spacing"), py::arg("fill"), py::arg("out2d"), py::arg("out3d"),
         py::arg("out_dist"), py::arg("out_atlas"), py::arg("num_threads") = 0);
-  m.def("surface_distances", &surface_distances, py::arg("ref"), py::arg("pred"), py::arg("num_labels"),
+  m.def("surface_distances", &surface_distances, py::arg("ref"), py::arg("pred"), py::arg("lut"), py::arg("values"),
         py::arg("spacing"), py::arg("connectivity") = 1, py::arg("ndim") = 3, py::arg("num_threads") = 0);
   m.def("build_info", &build_info, "How this extension was compiled");
 }

@@ -156,3 +156,15 @@ def test_properties(pair, sx):
     same = surface_distances(ref, ref, labels=[1, 2, 3], spacing=spacing)
     present = ~np.isnan(same.hausdorff())
     assert np.all(same.hausdorff()[present] == 0) and np.all(same.dice()[present] == 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_and_huge_label_values(backend):
+    ref, pred = blobs((13, 14, 15), 4, 8, 3).astype(np.int64), blobs((13, 14, 15), 4, 9, 3).astype(np.int64)
+    values = np.array([-7, 0, 5, 70_000_000])
+    ref2, pred2 = values[ref], values[pred]
+    d = surface_distances(pred2, ref2, spacing=(1, 2, 1), backend=backend)
+    assert d.labels.tolist() == sorted({-7, 5, 70_000_000} & set(np.unique(np.concatenate([ref2.ravel(), pred2.ravel()]))))
+    for i, label in enumerate(d.labels):
+        a, b = scipy_distances(pred2, ref2, label, (1, 2, 1), 1)
+        assert np.allclose(d.ref_to_pred[i], a) and np.allclose(d.pred_to_ref[i], b)

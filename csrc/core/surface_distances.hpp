@@ -112,9 +112,17 @@ inline std::vector<std::array<int64_t, 3>> neighbour_offsets(int connectivity, i
 
 }  // namespace detail
 
-// Bounding boxes of ids 0..L-1 over both maps (ids < 0 are ignored).
+// Label maps hold raw label values; `lut` (size lut_size) maps a value to its id 0..L-1 or -1
+// (not asked for). Values outside [0, lut_size) are not asked for either.
+struct LabelLut {
+  const int32_t* lut;
+  int64_t size;
+  int32_t operator()(int32_t v) const { return (v >= 0 && v < size) ? lut[v] : -1; }
+};
+
+// Bounding boxes of ids 0..L-1 over both maps.
 inline std::vector<Box> label_boxes(const int32_t* ref, const int32_t* pred, const std::array<int64_t, 3>& shape,
-                                    int64_t num_labels, int num_threads) {
+                                    int64_t num_labels, const LabelLut& lut, int num_threads) {
   std::vector<Box> boxes(num_labels);
   for (auto& b : boxes) {
     b.lo = {shape[0], shape[1], shape[2]};
@@ -132,7 +140,7 @@ inline std::vector<Box> label_boxes(const int32_t* ref, const int32_t* pred, con
     for (int64_t y = 0; y < shape[1]; ++y) {
       const int64_t row = (x * shape[1] + y) * shape[2];
       for (int64_t z = 0; z < shape[2]; ++z) {
-        for (const int32_t id : {ref[row + z], pred[row + z]}) {
+        for (const int32_t id : {lut(ref[row + z]), lut(pred[row + z])}) {
           if (id < 0) continue;
           Box& b = mine[id];
           b.lo[0] = std::min(b.lo[0], x), b.hi[0] = std::max(b.hi[0], x + 1);
@@ -151,13 +159,14 @@ inline std::vector<Box> label_boxes(const int32_t* ref, const int32_t* pred, con
   return boxes;
 }
 
-// ref, pred: id maps of `shape` (C order), ids 0..L-1 for the requested labels, -1 elsewhere.
+// ref, pred: label maps of `shape` (C order); values[id] is the label value of id (lut inverse).
 inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int32_t* pred,
-                                                   const std::array<int64_t, 3>& shape, int64_t num_labels,
+                                                   const std::array<int64_t, 3>& shape, const LabelLut& lut,
+                                                   const int32_t* values, int64_t num_labels,
                                                    const std::array<double, 3>& spacing, int connectivity, int ndim,
                                                    int num_threads) {
   std::vector<LabelSurface> out(num_labels);
-  const std::vector<Box> boxes = label_boxes(ref, pred, shape, num_labels, num_threads);
+  const std::vector<Box> boxes = label_boxes(ref, pred, shape, num_labels, lut, num_threads);
   const auto offsets = detail::neighbour_offsets(connectivity, ndim);
   // largest boxes first: dynamic scheduling then balances the threads
   std::vector<int64_t> order(num_labels);
@@ -177,6 +186,7 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < num_labels; ++k) {
       const int64_t l = order[k];
+      const int32_t value = values[l];
       const Box& b = boxes[l];
       LabelSurface& s = out[l];
       if (b.empty()) continue;
@@ -187,7 +197,7 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
         for (const auto& o : offsets) {
           const int64_t xx = x + o[0], yy = y + o[1], zz = z + o[2];
           if (xx < 0 || yy < 0 || zz < 0 || xx >= shape[0] || yy >= shape[1] || zz >= shape[2]) return true;
-          if (map[(xx * shape[1] + yy) * shape[2] + zz] != l) return true;
+          if (map[(xx * shape[1] + yy) * shape[2] + zz] != value) return true;
         }
         return false;
       };
@@ -196,7 +206,7 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
           for (int64_t m = 0; m < n[2]; ++m) {
             const int64_t x = b.lo[0] + i, y = b.lo[1] + j, z = b.lo[2] + m;
             const int64_t g = (x * shape[1] + y) * shape[2] + z;
-            const bool in_x = ref[g] == l, in_y = pred[g] == l;
+            const bool in_x = ref[g] == value, in_y = pred[g] == value;
             s.count_ref += in_x;
             s.count_pred += in_y;
             s.intersection += in_x && in_y;

@@ -126,18 +126,41 @@ def check_pair(pred, ref, spacing, connectivity):
     return p, r, sp, int(connectivity)
 
 
-def _ids(t: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """int32 map: index of each voxel's label in `labels`, -1 for labels not asked for."""
-    a = t.detach().cpu().numpy()
-    lo, hi = int(a.min()), int(a.max())
-    if 0 <= lo and hi < (1 << 24):  # a lookup table: one gather per voxel
-        lut = np.full(hi + 1, -1, dtype=np.int32)
-        keep = labels[(labels >= 0) & (labels <= hi)]
-        lut[keep] = np.searchsorted(labels, keep).astype(np.int32)
-        return lut[a]
-    pos = np.searchsorted(labels, a)
-    pos = np.clip(pos, 0, max(len(labels) - 1, 0))
-    return np.where(len(labels) and (labels[pos] == a), pos, -1).astype(np.int32)
+_SMALL = 1 << 24  # label values below this are looked up in a table
+
+
+def _encode(p: torch.Tensor, r: torch.Tensor, labels):
+    """(ref, pred as int32 numpy maps, lut: value -> id or -1, values: id -> value, label list).
+
+    Label values in [0, 2^24) go through a lookup table the kernel reads directly (no remapped
+    copy of the maps); anything else is first remapped to ids. labels=None: every non-zero value
+    present in either map (found by the kernel's counts for small values)."""
+    pa, ra = p.detach().cpu().numpy(), r.detach().cpu().numpy()
+    lo, hi = min(int(pa.min()), int(ra.min())), max(int(pa.max()), int(ra.max()))
+    small = lo >= 0 and hi < _SMALL
+    if labels is None:
+        if small and hi < (1 << 20):
+            lab = np.arange(1, hi + 1, dtype=np.int64)  # filtered to the present ones afterwards
+        else:
+            lab = np.unique(np.concatenate([np.unique(pa), np.unique(ra)]))
+            lab = lab[lab != 0].astype(np.int64)
+    else:
+        lab = labels
+    if small and (len(lab) == 0 or (lab.min() >= 0 and lab.max() < _SMALL)):
+        size = max(hi, int(lab.max()) if len(lab) else 0) + 1
+        lut = np.full(size, -1, dtype=np.int32)
+        lut[lab] = np.arange(len(lab), dtype=np.int32)
+        return np.ascontiguousarray(ra, dtype=np.int32), np.ascontiguousarray(pa, dtype=np.int32), lut, lab.astype(np.int32), lab
+    order = np.argsort(lab, kind="stable")
+    sorted_labels = lab[order]
+
+    def ids(a):
+        pos = np.clip(np.searchsorted(sorted_labels, a), 0, max(len(lab) - 1, 0))
+        hit = (sorted_labels[pos] == a) if len(lab) else np.zeros(a.shape, bool)
+        return np.where(hit, order[pos], -1).astype(np.int32)
+
+    ident = np.arange(len(lab), dtype=np.int32)
+    return ids(ra), ids(pa), ident, ident.copy(), lab
 
 
 def _as3d(a: np.ndarray) -> np.ndarray:
@@ -168,9 +191,17 @@ def _nearest(src: torch.Tensor, dst: torch.Tensor, block: int = 4096) -> torch.T
     return out
 
 
-def surface_distances_ref(ref_ids: np.ndarray, pred_ids: np.ndarray, num_labels: int, spacing, connectivity: int, ndim: int):
-    """Plain-torch reference on id maps (as the C++ kernel takes them): (counts, ref_to_pred, pred_to_ref)."""
-    r, p = torch.from_numpy(_as3d(ref_ids)), torch.from_numpy(_as3d(pred_ids))
+def surface_distances_ref(ref: np.ndarray, pred: np.ndarray, lut: np.ndarray, values: np.ndarray, spacing,
+                          connectivity: int, ndim: int):
+    """Plain-torch reference with the kernel's inputs (int32 maps, value -> id table, id -> value):
+    (counts [L, 5], ref_to_pred, pred_to_ref)."""
+    def ids(a):
+        a = _as3d(a).astype(np.int64)
+        inside = (a >= 0) & (a < len(lut))
+        return torch.from_numpy(np.where(inside, lut[np.clip(a, 0, len(lut) - 1)], -1))
+
+    num_labels = len(values)
+    r, p = ids(ref), ids(pred)
     sp3 = torch.tensor(((1.0,) if ndim == 2 else ()) + tuple(spacing), dtype=torch.float64)
     if ndim == 2:
         # no neighbours along the dummy axis: pad it with copies so it never makes a border
@@ -207,8 +238,7 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
     """
     p, r, sp, conn = check_pair(pred, ref, spacing, connectivity)
     if labels is None:
-        present = torch.unique(torch.cat([torch.unique(p).cpu(), torch.unique(r).cpu()]))
-        lab = present[present != 0].numpy().astype(np.int64)
+        lab = None
     else:
         lab = np.atleast_1d(np.asarray(labels))
         if lab.ndim != 1 or lab.dtype.kind not in "iu":
@@ -216,25 +246,24 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         lab = lab.astype(np.int64)
         if len(np.unique(lab)) != len(lab):
             raise ValueError("labels must not repeat")
-    order = np.argsort(lab, kind="stable")
-    sorted_labels = lab[order]
-    ref_ids, pred_ids = _ids(r, sorted_labels), _ids(p, sorted_labels)
+    ref_map, pred_map, lut, values, lab = _encode(p, r, lab)
     if backend not in ("auto", "cpp", "torch"):
         raise ValueError(f"backend must be 'auto', 'cpp' or 'torch' for surface_distances; got {backend!r}")
     ext = extension() if backend in ("auto", "cpp") else None
     if backend == "cpp" and ext is None:
         raise BackendUnavailableError("backend='cpp' asked for but the C++ extension is not available (spatialseg info says why)")
     ndim = p.ndim
-    sp3 = ((1.0,) if ndim == 2 else ()) + tuple(sp)
     if ext is not None:
-        counts, a, b = ext.surface_distances(_as3d(ref_ids), _as3d(pred_ids), len(lab), sp3, conn, ndim,
+        sp3 = ((1.0,) if ndim == 2 else ()) + tuple(sp)
+        counts, a, b = ext.surface_distances(_as3d(ref_map), _as3d(pred_map), lut, values, sp3, conn, ndim,
                                              resolve_threads(num_threads))
     else:
-        counts, a, b = surface_distances_ref(ref_ids, pred_ids, len(lab), sp, conn, ndim)
-    # back from sorted order to the order asked for
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    counts = np.asarray(counts)[inverse]
-    a = [np.asarray(a[i]) for i in inverse]
-    b = [np.asarray(b[i]) for i in inverse]
-    return SurfaceDistances(labels=lab, counts=counts, ref_to_pred=a, pred_to_ref=b, spacing=tuple(sp))
+        counts, a, b = surface_distances_ref(ref_map, pred_map, lut, values, sp, conn, ndim)
+    counts = np.asarray(counts)
+    a, b = [np.asarray(x) for x in a], [np.asarray(x) for x in b]
+    if labels is None:  # keep the labels present in either map
+        keep = np.flatnonzero(counts[:, 0] + counts[:, 1] > 0)
+        lab, counts = lab[keep], counts[keep]
+        a, b = [a[i] for i in keep], [b[i] for i in keep]
+    return SurfaceDistances(labels=np.asarray(lab, dtype=np.int64), counts=counts, ref_to_pred=a, pred_to_ref=b,
+                            spacing=tuple(sp))
