@@ -31,3 +31,43 @@ class Volume:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def load_label_map(path) -> "Volume":
+    """A label map from .nii/.nii.gz (affine kept) or .npy (identity affine), as integers.
+
+    Raises ValueError with a one-line reason for a missing, unreadable or non-integer file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".npy"):
+            data, affine, header = np.load(path, allow_pickle=False), np.eye(4), None
+        elif name.endswith(NIFTI_SUFFIXES):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            data, affine, header = np.asanyarray(img.dataobj), img.affine, img.header
+        else:
+            raise ValueError(f"{path}: not a NIfTI (.nii, .nii.gz) or .npy file")
+    except ValueError:
+        raise
+    except Exception as exc:  # nibabel / numpy raise many types for broken files
+        raise ValueError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise ValueError(f"{path}: a label map must be 2D or 3D; got shape {data.shape}")
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+            raise ValueError(f"{path}: holds non-integer values, not labels")
+        data = data.astype(np.int64)
+    elif data.dtype.kind not in "iub":
+        raise ValueError(f"{path}: data type {data.dtype} is not a label type")
+    return Volume(np.ascontiguousarray(data), affine if data.ndim == 3 else np.eye(4), header)

@@ -1,0 +1,68 @@
+"""spatialseg evaluate on NIfTI and .npy files and folders."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from spatialseg_fast.cli import main
+
+nib = pytest.importorskip("nibabel")
+
+
+def write(path, data, affine=None):
+    if str(path).endswith(".npy"):
+        np.save(path, data)
+    else:
+        nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.0, 1.0, 1.0]) if affine is None else affine), str(path))
+
+
+def cubes():
+    ref, pred = np.zeros((14, 6, 6), np.int16), np.zeros((14, 6, 6), np.int16)
+    ref[2:5, 2:5, 2:5] = 1
+    pred[7:10, 2:5, 2:5] = 1
+    return pred, ref
+
+
+def test_single_pair_prints_the_table(tmp_path, capsys):
+    pred, ref = cubes()
+    write(tmp_path / "p.nii.gz", pred)
+    write(tmp_path / "r.nii.gz", ref)
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--json", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "hausdorff" in out and "7.5" in out  # spacing 1.5 mm from the affine
+    rows = json.loads((tmp_path / "o.json").read_text())
+    assert rows[0]["label"] == 1 and rows[0]["msd"] == pytest.approx(6.0)
+
+
+def test_folders_matched_by_name(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    pred, ref = cubes()
+    write(tmp_path / "p" / "a.npy", pred)
+    write(tmp_path / "r" / "a.npy", ref)
+    write(tmp_path / "p" / "b.nii", ref)
+    write(tmp_path / "r" / "b.nii", ref)
+    write(tmp_path / "p" / "only.nii", ref)
+    code = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--csv", str(tmp_path / "o.csv"), "--spacing", "1.5", "1", "1"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "only.nii is in only one folder" in captured.err and "all 2 subjects" in captured.out
+    rows = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert [(r["subject"], r["label"]) for r in rows] == [("a.npy", "1"), ("b.nii", "1")]
+    assert float(rows[0]["hausdorff"]) == pytest.approx(7.5) and float(rows[1]["dice"]) == 1.0
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    pred, ref = cubes()
+    write(tmp_path / "p.nii.gz", pred)
+    write(tmp_path / "r.nii.gz", ref, affine=np.eye(4))
+    (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz")]) == 1
+    assert "different grids" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "junk.nii.gz")]) == 1
+    assert "cannot be read" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "nothere.nii.gz")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), str(tmp_path / "p.nii.gz")]) == 2
+    assert "both be files or both be folders" in capsys.readouterr().err
