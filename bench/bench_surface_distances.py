@@ -127,14 +127,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     pred, ref = make_pair(args.size)
-    labels = sorted(set(np.unique(ref)) | set(np.unique(pred)) - {0})
+    labels = sorted((set(np.unique(ref)) | set(np.unique(pred))) - {0})
     print(f"pair {args.size}^3, {len(labels)} structures + background, spacing {SPACING}; made in {time.perf_counter() - t0:.1f} s")
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
         table = evaluate(pred, ref, spacing=SPACING)
         best = min(best, time.perf_counter() - t0)
-    ours = {int(l): table.to_dict()[int(l)] for l in labels}
+    rows_by_label = table.to_dict()
+    ours = {int(l): rows_by_label[int(l)] for l in labels}
     rows = [("spatialseg_fast evaluate (cpp), 5 metrics", best, "")]
     peers = [("scipy EDT per label, cropped", "scipy", scipy_cropped, lambda r, o: max(abs(r[0] - o["hausdorff"]), abs(r[1] - o["hd95"]), abs(r[2] - o["msd"]), abs(r[3] - o["assd"]))),
              ("medpy hd/hd95/assd/dc, cropped", "medpy", medpy_cropped, lambda r, o: max(abs(r[0] - o["hausdorff"]), abs(r[1] - o["hd95"]), abs(r[2] - o["assd"]), abs(r[3] - o["dice"]))),
