@@ -76,21 +76,47 @@ struct Envelope {
 };
 
 // Squared EDT of a box (C order, sizes n) whose features are 0 and the rest inf, in place.
+// `wanted[i * n[2] + j]` says whether line (., i, j) along axis 0 holds a voxel whose distance
+// is read afterwards: the last pass skips the others (their values are never used).
 inline void squared_edt(std::vector<double>& f, const std::array<int64_t, 3>& n, const std::array<double, 3>& sp,
-                        Envelope& env, std::vector<double>& line) {
+                        const std::vector<uint8_t>& wanted, Envelope& env, std::vector<double>& line) {
   const std::array<int64_t, 3> stride{n[1] * n[2], n[2], 1};
-  for (int axis = 2; axis >= 0; --axis) {
+  // axis 2 (contiguous rows of 0 / inf): nearest feature by two sweeps, no parabolas needed
+  for (int64_t r = 0; r < n[0] * n[1]; ++r) {
+    double* row = f.data() + r * n[2];
+    int64_t last = -1;
+    for (int64_t q = 0; q < n[2]; ++q) {
+      if (row[q] == 0.0) last = q;
+      else if (last >= 0) {
+        const double d = double(q - last) * sp[2];
+        row[q] = d * d;
+      }
+    }
+    if (last < 0) continue;  // no feature: the row stays inf
+    int64_t next = -1;
+    for (int64_t q = n[2] - 1; q >= 0; --q) {
+      if (row[q] == 0.0) next = q;
+      else if (next >= 0) {
+        const double d = double(next - q) * sp[2];
+        row[q] = std::min(row[q], d * d);
+      }
+    }
+  }
+  // axes 1 and 0: lower envelopes on gathered lines; all-inf lines stay as they are
+  for (int axis = 1; axis >= 0; --axis) {
     if (n[axis] == 1) continue;
-    const int a1 = axis == 0 ? 1 : 0, a2 = axis == 2 ? 1 : 2;
+    const int a1 = axis == 0 ? 1 : 0;
     line.resize(n[axis]);
     for (int64_t i = 0; i < n[a1]; ++i)
-      for (int64_t j = 0; j < n[a2]; ++j) {
-        double* base = f.data() + i * stride[a1] + j * stride[a2];
-        if (axis == 2) {
-          env.run(base, n[2], sp[2]);
-          continue;
+      for (int64_t j = 0; j < n[2]; ++j) {
+        if (axis == 0 && !wanted[i * n[2] + j]) continue;
+        double* base = f.data() + i * stride[a1] + j;
+        bool any = false;
+        for (int64_t q = 0; q < n[axis]; ++q) {
+          line[q] = base[q * stride[axis]];
+          any |= line[q] != kInf;
         }
-        for (int64_t q = 0; q < n[axis]; ++q) line[q] = base[q * stride[axis]];
+        if (!any) continue;
         env.run(line.data(), n[axis], sp[axis]);
         for (int64_t q = 0; q < n[axis]; ++q) base[q * stride[axis]] = line[q];
       }
@@ -183,6 +209,7 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
     detail::Envelope env;
     std::vector<double> field, line;
     std::vector<uint8_t> border;  // bit 0: border of X (ref), bit 1: border of Y (pred)
+    std::vector<uint8_t> wanted;  // lines along axis 0 that hold a voxel read afterwards
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < num_labels; ++k) {
       const int64_t l = order[k];
@@ -222,9 +249,12 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
       for (int dir = 0; dir < 2; ++dir) {
         const uint8_t target = dir == 0 ? 2 : 1, source = dir == 0 ? 1 : 2;
         field.assign(size, detail::kInf);
-        for (int64_t q = 0; q < size; ++q)
+        wanted.assign(n[1] * n[2], 0);
+        for (int64_t q = 0; q < size; ++q) {
           if (border[q] & target) field[q] = 0.0;
-        detail::squared_edt(field, n, spacing, env, line);
+          if (border[q] & source) wanted[q % (n[1] * n[2])] = 1;
+        }
+        detail::squared_edt(field, n, spacing, wanted, env, line);
         auto& dst = dir == 0 ? s.ref_to_pred : s.pred_to_ref;
         dst.reserve(dir == 0 ? s.border_ref : s.border_pred);
         for (int64_t q = 0; q < size; ++q)
