@@ -86,6 +86,28 @@ def timing(rows, sampled=20000):
     return sampled / (time.perf_counter() - t0), brain
 
 
+def evaluator_check(size: int = 256):
+    """The Triton surface-distance path against the C++ one on the benchmark pair, and its time."""
+    from bench_surface_distances import SPACING, make_pair
+
+    from spatialseg_fast.ops import surface_distances
+
+    pred, ref = make_pair(size)
+    cpu = surface_distances(pred, ref, spacing=SPACING)
+    p, r = torch.from_numpy(pred).cuda(), torch.from_numpy(ref).cuda()
+    surface_distances(p, r, spacing=SPACING)  # compile
+    sync()
+    t0 = time.perf_counter()
+    gpu = surface_distances(p, r, spacing=SPACING)
+    sync()
+    dt = time.perf_counter() - t0
+    worst = max(float(abs(a - b).max()) if len(a) else 0.0
+                for a, b in zip(gpu.ref_to_pred + gpu.pred_to_ref, cpu.ref_to_pred + cpu.pred_to_ref))
+    same_counts = bool((gpu.counts == cpu.counts).all())
+    print(f"evaluator {size}^3, {len(cpu.labels)} labels: triton {dt:.3f} s, counts equal {same_counts}, max |triton - cpp| {worst:.1e}")
+    return dt, worst, same_counts
+
+
 def main():
     if not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here")
@@ -94,6 +116,7 @@ def main():
     checks, times = [], []
     correctness(checks)
     patch_rate, brain = timing(times)
+    ev_time, ev_diff, ev_counts = evaluator_check()
     print("\n== gpu_check summary ==")
     print(f"{'preset':<22} {'max|d|':>9} {'labels':>7} {'patch':>7} {'bf16':>7} {'fp16':>7}")
     for preset, diff, scale, agree, patch, b, h in checks:
@@ -102,6 +125,7 @@ def main():
     print(f"{'precision':<9} {'dense s':>8} {'voxels/s':>12} {'peak GiB':>9} {'dense/patch':>12}")
     for prec, sec, rate, mem in times:
         print(f"{prec:<9} {sec:>8.2f} {rate:>12,.0f} {mem:>9.2f} {rate / patch_rate:>11.0f}x")
+    print(f"\nevaluator (surface_distances, triton): {ev_time:.3f} s, counts equal {ev_counts}, max |triton - cpp| {ev_diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,20 @@ def test_negative_and_huge_label_values(backend):
     for i, label in enumerate(d.labels):
         a, b = scipy_distances(pred2, ref2, label, (1, 2, 1), 1)
         assert np.allclose(d.ref_to_pred[i], a) and np.allclose(d.pred_to_ref[i], b)
+
+
+@pytest.mark.skipif("triton" not in available_backends(), reason="needs triton")
+@pytest.mark.parametrize("ndim, connectivity", [(3, 1), (3, 3), (2, 2)])
+def test_triton_against_reference(ndim, connectivity):
+    from conftest import device_for
+
+    shape = (9, 11, 8) if ndim == 3 else (17, 15)
+    spacing = (1.2, 0.8, 1.7)[:ndim] if ndim == 3 else (0.9, 1.4)
+    ref, pred = blobs(shape, 4, 10, 3), blobs(shape, 4, 11, 3)
+    dev = device_for("triton")
+    got = surface_distances(torch.from_numpy(pred).to(dev), torch.from_numpy(ref).to(dev), spacing=spacing,
+                            connectivity=connectivity, backend="triton")
+    want = surface_distances(pred, ref, spacing=spacing, connectivity=connectivity, backend="torch")
+    assert got.labels.tolist() == want.labels.tolist() and np.array_equal(got.counts, want.counts)
+    for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
+        assert np.allclose(a, b, atol=1e-12)

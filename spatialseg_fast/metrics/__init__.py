@@ -96,8 +96,6 @@ def _unpack(x, name: str):
     """(array or tensor, affine or None)."""
     if isinstance(x, Volume):
         return x.data, x.affine
-    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-        return x.cpu(), None
     return x, None
 
 
@@ -133,8 +131,8 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
              names=None, backend: str = "auto", num_threads: int | None = None) -> EvaluationTable:
     """Per-label Dice / Hausdorff / HD95 / MSD / ASSD of a prediction against a reference.
 
-    pred, ref: 2D/3D integer label maps (numpy, torch CPU/CUDA) or Volumes (spacing from the
-        affine; both must be on the same grid). spacing: mm per axis for arrays (default 1).
+    pred, ref: 2D/3D integer label maps (numpy, torch CPU/CUDA: CUDA tensors are evaluated by the
+        Triton kernel on their GPU) or Volumes (spacing from the affine; both must be on the same grid). spacing: mm per axis for arrays (default 1).
     labels: labels to report (default: every non-zero label in either map).
     names: optional {label: name} or sequence indexed by label, for the table.
     Returns an :class:`EvaluationTable` (labels as rows; to_dict, to_csv, summary).

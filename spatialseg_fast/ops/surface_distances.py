@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._backend import BackendUnavailableError, extension, resolve_threads
+from .._backend import extension, resolve_backend, resolve_threads
 from ._checks import as_tensor
 
 
@@ -163,6 +163,26 @@ def _encode(p: torch.Tensor, r: torch.Tensor, labels):
     return ids(ra), ids(pa), ident, ident.copy(), lab
 
 
+def _device_ids(p: torch.Tensor, r: torch.Tensor, labels):
+    """int64 id maps [D, H, W] (a 2D map as [1, H, W]) on the maps' device, and the label list."""
+    if labels is None:
+        values = torch.unique(torch.cat([torch.unique(p), torch.unique(r)]))
+        labels = values[values != 0].cpu().numpy().astype(np.int64)
+    lab_t = torch.as_tensor(labels, dtype=torch.int64, device=p.device)
+    sorted_lab, order = torch.sort(lab_t, stable=True)
+
+    def ids(t):
+        t = t.to(torch.int64)
+        t = t[None] if t.ndim == 2 else t
+        if len(labels) == 0:
+            return torch.full_like(t, -1)
+        pos = torch.searchsorted(sorted_lab, t.reshape(-1)).clamp(max=len(labels) - 1)
+        hit = sorted_lab[pos] == t.reshape(-1)
+        return torch.where(hit, order[pos], -1).view(t.shape).contiguous()
+
+    return ids(r), ids(p), labels
+
+
 def _as3d(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[None] if a.ndim == 2 else a)
 
@@ -230,11 +250,11 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
     """Border-to-border distances of every requested label of two label maps, in one call.
 
     pred, ref: 2D or 3D integer label maps of the same shape (numpy, torch CPU or CUDA tensors;
-        CUDA tensors are evaluated on the CPU for now).
+        CUDA tensors use the Triton kernel, brute-force nearest border voxel per label).
     labels: labels to evaluate (default: every non-zero label present in either map), in order.
     spacing: voxel size in mm per axis (default 1). connectivity: 1 (faces, the default of medpy
         and MONAI) to ndim (all neighbours) for the border definition.
-    backend: "auto" | "cpp" | "torch". num_threads: C++ threads (None: torch's count).
+    backend: "auto" | "cpp" | "triton" | "torch". num_threads: C++ threads (None: torch's count).
     """
     p, r, sp, conn = check_pair(pred, ref, spacing, connectivity)
     if labels is None:
@@ -246,19 +266,28 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         lab = lab.astype(np.int64)
         if len(np.unique(lab)) != len(lab):
             raise ValueError("labels must not repeat")
-    ref_map, pred_map, lut, values, lab = _encode(p, r, lab)
-    if backend not in ("auto", "cpp", "torch"):
-        raise ValueError(f"backend must be 'auto', 'cpp' or 'torch' for surface_distances; got {backend!r}")
-    ext = extension() if backend in ("auto", "cpp") else None
-    if backend == "cpp" and ext is None:
-        raise BackendUnavailableError("backend='cpp' asked for but the C++ extension is not available (spatialseg info says why)")
+    if r.device != p.device:
+        raise ValueError(f"pred and ref must be on the same device; got {p.device} and {r.device}")
+    chosen = resolve_backend(backend, p.device)
     ndim = p.ndim
+    if chosen == "triton":
+        from ..kernels.surface_distances import surface_distances_triton
+
+        ref_ids, pred_ids, lab = _device_ids(p, r, lab)
+        counts, a, b = surface_distances_triton(ref_ids, pred_ids, len(lab), ((1.0,) if ndim == 2 else ()) + tuple(sp), conn, ndim)
+        return _result(counts, a, b, lab, labels, sp)
+    ref_map, pred_map, lut, values, lab = _encode(p, r, lab)
+    ext = extension() if chosen == "cpp" else None
     if ext is not None:
         sp3 = ((1.0,) if ndim == 2 else ()) + tuple(sp)
         counts, a, b = ext.surface_distances(_as3d(ref_map), _as3d(pred_map), lut, values, sp3, conn, ndim,
                                              resolve_threads(num_threads))
     else:
         counts, a, b = surface_distances_ref(ref_map, pred_map, lut, values, sp, conn, ndim)
+    return _result(counts, a, b, lab, labels, sp)
+
+
+def _result(counts, a, b, lab, labels, sp) -> SurfaceDistances:
     counts = np.asarray(counts)
     a, b = [np.asarray(x) for x in a], [np.asarray(x) for x in b]
     if labels is None:  # keep the labels present in either map
