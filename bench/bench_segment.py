@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import BRAIN_SHAPE  # noqa: E402
 
 from spatialseg_fast import build_model, segment  # noqa: E402
-from spatialseg_fast.inference import DenseEngine, classify_voxels, prepare_source  # noqa: E402
+from spatialseg_fast.inference import classify_voxels, prepare_source  # noqa: E402
 from spatialseg_fast.model import PRESETS  # noqa: E402
 
 RADII = (64, 82, 68)  # ellipsoid brain: 4/3 pi abc = 1.49M voxels at 1 mm

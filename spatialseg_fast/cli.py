@@ -150,9 +150,8 @@ def _cmd_evaluate(args) -> int:
     for subject, p, r in pairs:
         try:
             pv, rv = load_label_map(p), load_label_map(r)
-            if pv.data.ndim == 2 or args.spacing:
-                spacing = args.spacing
-                table = evaluate(pv.data, rv.data, spacing=spacing, labels=args.labels, metrics=args.metrics)
+            if pv.data.ndim == 2 or args.spacing:  # no affine to read (or overridden)
+                table = evaluate(pv.data, rv.data, spacing=args.spacing, labels=args.labels, metrics=args.metrics)
             else:
                 table = evaluate(pv, rv, labels=args.labels, metrics=args.metrics)
         except (ValueError, RuntimeError) as exc:

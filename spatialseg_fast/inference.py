@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from ._progress import Progress
-from .config import PatchConfig
 from .model.dense import DenseForm, crop
 from .model.network import SpatialSegNet
-from .ops._checks import as_tensor, check_centres, check_finite, check_float, check_spacing, check_volume
+from .ops._checks import as_tensor, check_atlas, check_centres, check_spacing, check_volume
 from .ops.extract_patches import PatchSource, extract_patches, prepare_patch_source
 from .ops.landmark_distances import landmark_distances
 from .volume import Volume
@@ -66,15 +65,11 @@ def _check_model(model) -> SpatialSegNet:
 
 def _volume_tensor(volume) -> torch.Tensor:
     vol = as_tensor(volume, "volume")
-    if vol.ndim != 3:
-        raise ValueError(f"volume must be 3D (D, H, W); got shape {tuple(vol.shape)} ({vol.ndim}D)")
-    if vol.numel() == 0:
-        raise ValueError(f"volume is empty (shape {tuple(vol.shape)})")
     if vol.dtype == torch.bool or vol.is_complex():
         raise ValueError(f"volume must hold real intensities; got dtype {vol.dtype}")
     if not vol.is_floating_point():
         vol = vol.to(torch.float32)
-    check_volume(vol)
+    check_volume(vol)  # 3D, not empty, finite
     return vol
 
 
@@ -86,15 +81,7 @@ def _atlas_tensor(model: SpatialSegNet, atlas, shape) -> torch.Tensor | None:
         atlas = getattr(model, "atlas", None)
         if atlas is None:
             raise ValueError("this model has a ProbBranch and needs atlas probabilities: pass atlas= ([L, D, H, W]) or use a model saved with its atlas")
-    atl = as_tensor(atlas, "atlas")
-    L = model.num_classes
-    if atl.ndim != 4 or tuple(atl.shape[1:]) != tuple(shape):
-        raise ValueError(f"atlas must have shape ({L}, {', '.join(map(str, shape))}) to match the volume; got {tuple(atl.shape)}")
-    if atl.shape[0] != L:
-        raise ValueError(f"atlas has {atl.shape[0]} label channels but the model has num_classes={L}")
-    check_float(atl, "atlas")
-    check_finite(atl, "atlas")
-    return atl
+    return check_atlas(atlas, shape, model.num_classes)
 
 
 def _mask_tensor(mask, volume: torch.Tensor) -> torch.Tensor:
@@ -341,7 +328,7 @@ class DenseEngine:
         slab2, slab3, chunk = self._plan(int(us.max() - us.min()) + 1, int(vs.max() - vs.min()) + 1)
         slab3 = self._balanced(w_hi - w_lo, slab3)
         slab2 = self._balanced(slab3, slab2)
-        self._box = (int(us.min()), int(us.max()) + 1, int(vs.min()), int(vs.max()) + 1, slab3)
+        box = (int(us.min()), int(us.max()) + 1, int(vs.min()), int(vs.max()) + 1, slab3)  # for fixed_shapes
         # tiles: 3D slabs (the 3dBranch map is shared by their 2D slabs), 2D slabs, voxel chunks;
         # a tile without a brain voxel is skipped
         tiles = []
@@ -352,9 +339,9 @@ class DenseEngine:
                 tiles.append(((W0, W1), inner))
         bar = Progress(sum(len(t[1]) for t in tiles), "segment", "slabs", enabled=progress)
         for (W0, W1), inner in tiles:
-            cmap = self._cube_map(src, mask_p, W0, W1)
+            cmap = self._cube_map(src, mask_p, W0, W1, box)
             for w0, w1 in inner:
-                self._slab(src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs, logits)
+                self._slab(src, mask_p, w0, w1, box, cmap, atlas, chunk, labels, probabilities, probs, logits)
                 bar.update()
         bar.close()
         out = labels.cpu(), (None if probs is None else probs.cpu())
@@ -368,14 +355,14 @@ class DenseEngine:
         out[:, p.in_plane_axes[0]], out[:, p.in_plane_axes[1]] = nz[:, 1], nz[:, 2]
         return out
 
-    def _cube_map(self, src, mask_p, W0, W1):
+    def _cube_map(self, src, mask_p, W0, W1, box):
         """The 3dBranch trunk over the padded box of the slab's brain voxels: (map, box start)."""
         if self.model.cube is None:
             return None
         p = self.model.config.patch
         h3 = (p.patch3d - 1) // 2
         if self.fixed_shapes:
-            u0, u1, v0, v1, slab3 = self._box
+            u0, u1, v0, v1, slab3 = box
             corners = torch.tensor([[0, u0, v0], [slab3 - 1, u1 - 1, v1 - 1]], device=self.device)
             lo, hi = self._to_array(corners, W0).unbind(0)
             hi = hi + 1
@@ -385,13 +372,13 @@ class DenseEngine:
         region = crop(src.volume, (lo - h3).tolist(), (hi + h3).tolist(), p.fill).to(self.dtype)
         return self.dense.cube_map(region), lo
 
-    def _slab(self, src, mask_p, w0, w1, cmap, atlas, chunk, labels, probabilities, probs, logits_out):
+    def _slab(self, src, mask_p, w0, w1, box, cmap, atlas, chunk, labels, probabilities, probs, logits_out):
         p = self.model.config.patch
         dev, dt = self.device, self.dtype
         h2 = (p.patch2d - 1) // 2
         nz = mask_p[w0:w1].nonzero()  # [n, 3] plane-major (t, u, v)
         if self.fixed_shapes:
-            u0, u1, v0, v1, _ = self._box
+            u0, u1, v0, v1, _ = box
         else:
             u0, v0 = int(nz[:, 1].min()), int(nz[:, 2].min())
             u1, v1 = int(nz[:, 1].max()) + 1, int(nz[:, 2].max()) + 1

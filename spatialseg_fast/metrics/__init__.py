@@ -24,7 +24,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..ops.surface_distances import SurfaceDistances, surface_distances
 from ..volume import Volume
@@ -92,11 +91,9 @@ class EvaluationTable:
         return "\n".join(rows)
 
 
-def _unpack(x, name: str):
+def _unpack(x):
     """(array or tensor, affine or None)."""
-    if isinstance(x, Volume):
-        return x.data, x.affine
-    return x, None
+    return (x.data, x.affine) if isinstance(x, Volume) else (x, None)
 
 
 def _check_metrics(metrics) -> tuple:
@@ -117,11 +114,7 @@ def metric_values(d: SurfaceDistances, metric: str) -> np.ndarray:
     if metric == "dice":
         return d.dice()
     q = _PERCENTILE.match(metric)
-    values = {
-        "hausdorff": d.hausdorff,
-        "msd": d.msd,
-        "assd": d.assd,
-    }[metric]() if not q else d.pooled_percentile(float(q.group(1)))
+    values = d.pooled_percentile(float(q.group(1))) if q else getattr(d, metric)()  # hausdorff, msd, assd
     one_missing = (d.counts[:, 0] > 0) != (d.counts[:, 1] > 0)
     values[one_missing] = math.inf
     return values
@@ -138,8 +131,8 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
     Returns an :class:`EvaluationTable` (labels as rows; to_dict, to_csv, summary).
     """
     metrics = _check_metrics(metrics)
-    p, pa = _unpack(pred, "pred")
-    r, ra = _unpack(ref, "ref")
+    p, pa = _unpack(pred)
+    r, ra = _unpack(ref)
     if pa is not None or ra is not None:
         if pa is None or ra is None:
             raise ValueError("pass both pred and ref as Volumes, or neither")

@@ -35,8 +35,8 @@ def _distances(result, reference, voxelspacing, connectivity):
         raise RuntimeError("The first supplied array does not contain any binary object.")
     if np.count_nonzero(ref) == 0:
         raise RuntimeError("The second supplied array does not contain any binary object.")
-    spacing = None if voxelspacing is None else np.broadcast_to(np.asarray(voxelspacing, dtype=np.float64).ravel() if np.ndim(voxelspacing) else float(voxelspacing), (r.ndim,))
-    d = surface_distances(r.view(np.uint8), ref.view(np.uint8), labels=[1], spacing=spacing, connectivity=connectivity)
+    # a scalar voxelspacing applies to every axis, as in medpy
+    d = surface_distances(r.view(np.uint8), ref.view(np.uint8), labels=[1], spacing=voxelspacing, connectivity=connectivity)
     return d.pred_to_ref[0], d.ref_to_pred[0]
 
 

@@ -78,7 +78,7 @@ def _channel_distances(yp: torch.Tensor, yt: torch.Tensor, spacing):
     return out
 
 
-def _directed(dist: np.ndarray, n_src: int, n_dst: int, n_other: int) -> torch.Tensor:
+def _directed(dist: np.ndarray, n_src: int, n_dst: int) -> torch.Tensor:
     """MONAI's get_surface_distance for one direction, as float32: with an empty destination
     border every source border voxel is inf; with an empty source but a non-empty destination,
     MONAI returns inf for each destination border voxel."""
@@ -97,11 +97,11 @@ def compute_hausdorff_distance(y_pred, y, include_background: bool = False, dist
     B, C = yp.shape[:2]
     spacings = _spacing_list(spacing, B, yp.ndim - 2)
     hd = torch.empty((B, C), dtype=torch.float)
-    if percentile is not None and percentile and not 0 <= percentile <= 100:
+    if percentile and not 0 <= percentile <= 100:
         raise ValueError(f"percentile should be a value between 0 and 100, get {percentile}.")
     for b in range(B):
         for c, (p2r, r2p, n_p, n_r) in enumerate(_channel_distances(yp[b], yt[b], spacings[b])):
-            parts = [_directed(p2r, n_p, n_r, 0)] + ([] if directed else [_directed(r2p, n_r, n_p, 0)])
+            parts = [_directed(p2r, n_p, n_r)] + ([] if directed else [_directed(r2p, n_r, n_p)])
             values = []
             for d in parts:
                 if d.shape == (0,):
@@ -124,7 +124,7 @@ def compute_average_surface_distance(y_pred, y, include_background: bool = False
     asd = torch.empty((B, C), dtype=torch.float32)
     for b in range(B):
         for c, (p2r, r2p, n_p, n_r) in enumerate(_channel_distances(yp[b], yt[b], spacings[b])):
-            parts = [_directed(p2r, n_p, n_r, 0)] + ([_directed(r2p, n_r, n_p, 0)] if symmetric else [])
+            parts = [_directed(p2r, n_p, n_r)] + ([_directed(r2p, n_r, n_p)] if symmetric else [])
             d = torch.cat(parts)
             asd[b, c] = float("nan") if d.numel() == 0 else d.mean()
     return asd

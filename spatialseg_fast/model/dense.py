@@ -80,8 +80,7 @@ class DenseForm:
             self.dist_fc_weight = torch.cat(fc_parts, dim=1).contiguous()
         # fc2 as column blocks, one per merged part (no concatenation of the parts)
         sizes = [cfg.fc1] + ([cfg.dist_fc] if net.dist is not None else []) + ([cfg.cube_fc] if net.cube is not None else [])
-        self.fc2_parts = list(torch.split(net.fc2.weight, sizes, dim=1))
-        self.fc2_parts = [w.contiguous() for w in self.fc2_parts]
+        self.fc2_parts = [w.contiguous() for w in torch.split(net.fc2.weight, sizes, dim=1)]
         self.net = net
         self._buffers: dict[str, torch.Tensor] = {}
         self.dtype = dtype

@@ -56,6 +56,21 @@ def check_volume(t: torch.Tensor, name: str = "volume") -> None:
     check_finite(t, name)
 
 
+def check_atlas(atlas, shape, num_labels: int | None = None) -> torch.Tensor:
+    """An [L, D, H, W] float, finite atlas on a volume of `shape` (with `num_labels` labels if given)."""
+    atl = as_tensor(atlas, "atlas")
+    L = "L" if num_labels is None else num_labels
+    if atl.ndim != 4 or tuple(atl.shape[1:]) != tuple(shape):
+        raise ValueError(f"atlas must have shape ({L}, {', '.join(map(str, shape))}) to match the volume; got {tuple(atl.shape)}")
+    if atl.shape[0] == 0:
+        raise ValueError("atlas has no labels (L = 0)")
+    if num_labels is not None and atl.shape[0] != num_labels:
+        raise ValueError(f"atlas has {atl.shape[0]} label channels but the model has num_classes={num_labels}")
+    check_float(atl, "atlas")
+    check_finite(atl, "atlas")
+    return atl
+
+
 def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
     if spacing is None:
         return (1.0, 1.0, 1.0)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .._backend import extension, resolve_backend, resolve_threads
 from ..config import PatchConfig
-from ._checks import as_tensor, check_centres, check_finite, check_float, check_per_sample, check_spacing, check_volume
+from ._checks import as_tensor, check_atlas, check_centres, check_per_sample, check_spacing, check_volume
 from .landmark_distances import landmark_distances_ref
 
 
@@ -107,16 +107,7 @@ def prepare_patch_source(volume, config: PatchConfig | None = None, *, atlas=Non
     ).contiguous()
     atl = None
     if atlas is not None:
-        atl = as_tensor(atlas, "atlas")
-        if atl.ndim != 4 or tuple(atl.shape[1:]) != tuple(vol.shape):
-            raise ValueError(
-                f"atlas must have shape (L, {', '.join(map(str, vol.shape))}) to match the volume; got {tuple(atl.shape)}"
-            )
-        if atl.shape[0] == 0:
-            raise ValueError("atlas has no labels (L = 0)")
-        check_float(atl, "atlas")
-        check_finite(atl, "atlas")
-        atl = atl.detach().to(device=vol.device, dtype=dtype).permute(1, 2, 3, 0).contiguous()
+        atl = check_atlas(atlas, vol.shape).detach().to(device=vol.device, dtype=dtype).permute(1, 2, 3, 0).contiguous()
     return PatchSource(volume=vol, scales=scales, atlas=atl, spacing=spacing, config=config)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .._backend import extension, resolve_backend, resolve_threads
-from ._checks import as_tensor, check_centres, check_shape3, check_spacing
+from ._checks import check_centres, check_shape3, check_spacing
 
 def landmark_positions(shape: Sequence[int], grid: int = 7, dtype=torch.float64, device=None) -> torch.Tensor:
     """[3, G] landmark coordinates (voxel units) along each axis of a volume of `shape`."""
