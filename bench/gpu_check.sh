@@ -3,7 +3,7 @@
 # Needs torch, triton and safetensors there (listed in the device KINDS.md). Makes the package
 # importable without building the C++ extension (the GPU path does not use
 # it): a copy with kernels/ placed as spatialseg_fast/kernels, as the wheel lays it out.
-#   run: bash bench/gpu_check.sh     (about 5 minutes on an H200)
+#   run: bash bench/gpu_check.sh     (sized to finish in well under 10 minutes; not yet run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 site=$(mktemp -d)
