@@ -132,8 +132,11 @@ using I32 = py::array_t<int32_t, py::array::c_style>;
 // ref, pred: int32 label maps (a 2D map as 1 x H x W); lut: value -> id (or -1) for values
 // 0..len(lut)-1; values: the label value of each id. Returns (counts [L, 5] int64: |X|, |Y|,
 // |X & Y|, border X, border Y; list of L float64 arrays ref->pred; list of L arrays pred->ref).
+// corner_area empty: border voxels; else the corner-grid surface with corner_area[code] per point.
+// Returns (counts [L, 5], ref_to_pred, pred_to_ref, ref_areas, pred_areas); the area lists are
+// empty arrays for border voxels.
 py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<double, 3> spacing,
-                            int connectivity, int ndim, int num_threads) {
+                            int connectivity, int ndim, int num_threads, F64 corner_area) {
   require(ref.ndim() == 3 && pred.ndim() == 3, "label maps must be 3D (a 2D map as 1 x H x W)");
   std::array<int64_t, 3> shape{};
   for (int a = 0; a < 3; ++a) {
@@ -150,6 +153,9 @@ py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<d
     const int32_t v = values.data()[l];
     require(v >= 0 && v < lut.size() && lt[v] == l, "lut and values must be inverse");
   }
+  require(corner_area.size() == 0 || corner_area.size() == (ndim == 3 ? 256 : 16),
+          "corner_area must have 2^(2^ndim) entries (or none)");
+  const double* areas = corner_area.size() ? corner_area.data() : nullptr;
   const spatialseg::LabelLut table{lt, static_cast<int64_t>(lut.size())};
   const int32_t* r = ref.data();
   const int32_t* p = pred.data();
@@ -158,19 +164,21 @@ py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<d
   {
     py::gil_scoped_release release;
     result = spatialseg::surface_distances(r, p, shape, table, vals, num_labels, spacing, connectivity, ndim,
-                                           num_threads);
+                                           num_threads, areas);
   }
   py::array_t<int64_t> counts({num_labels, int64_t{5}});
   auto c = counts.mutable_unchecked<2>();
-  py::list ref_to_pred, pred_to_ref;
+  py::list ref_to_pred, pred_to_ref, ref_areas, pred_areas;
   for (int64_t l = 0; l < num_labels; ++l) {
     const auto& s = result[l];
     c(l, 0) = s.count_ref, c(l, 1) = s.count_pred, c(l, 2) = s.intersection;
     c(l, 3) = s.border_ref, c(l, 4) = s.border_pred;
     ref_to_pred.append(py::array_t<double>(s.ref_to_pred.size(), s.ref_to_pred.data()));
     pred_to_ref.append(py::array_t<double>(s.pred_to_ref.size(), s.pred_to_ref.data()));
+    ref_areas.append(py::array_t<double>(s.ref_areas.size(), s.ref_areas.data()));
+    pred_areas.append(py::array_t<double>(s.pred_areas.size(), s.pred_areas.data()));
   }
-  return py::make_tuple(counts, ref_to_pred, pred_to_ref);
+  return py::make_tuple(counts, ref_to_pred, pred_to_ref, ref_areas, pred_areas);
 }
 
 py::dict build_info() {
@@ -202,6 +210,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grid"), py::arg("spacing"), py::arg("fill"), py::arg("out2d"), py::arg("out3d"),
         py::arg("out_dist"), py::arg("out_atlas"), py::arg("num_threads") = 0);
   m.def("surface_distances", &surface_distances, py::arg("ref"), py::arg("pred"), py::arg("lut"), py::arg("values"),
-        py::arg("spacing"), py::arg("connectivity") = 1, py::arg("ndim") = 3, py::arg("num_threads") = 0);
+        py::arg("spacing"), py::arg("connectivity") = 1, py::arg("ndim") = 3, py::arg("num_threads") = 0,
+        py::arg("corner_area") = F64(0));
   m.def("build_info", &build_info, "How this extension was compiled");
 }

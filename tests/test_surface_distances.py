@@ -105,6 +105,74 @@ def test_cpp_threads_agree_with_reference(threads):
     assert np.array_equal(got.counts, want.counts)
     for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
         assert np.allclose(a, b, atol=1e-12)
+    got = surface_distances(pred, ref, spacing=(1, 1, 1.2), surface="corner", backend="cpp", num_threads=threads)
+    want = surface_distances(pred, ref, spacing=(1, 1, 1.2), surface="corner", backend="torch")
+    assert np.array_equal(got.counts, want.counts)
+    for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
+        assert np.allclose(a, b, atol=1e-12)
+    for a, b in zip(got.ref_areas + got.pred_areas, want.ref_areas + want.pred_areas):
+        assert np.array_equal(a, b)
+
+
+def scipy_corner_distances(pred, ref, label, spacing):
+    """Oracle for surface="corner": corner codes by ndimage.correlate (constant 0 outside), exact
+    EDT over the corner grid; ((distances, codes) ref -> pred, (distances, codes) pred -> ref)."""
+    ndim = ref.ndim
+    weights = (1 << (2**ndim - 1 - np.arange(2**ndim))).reshape((2,) * ndim)
+
+    def codes(mask):
+        padded = np.pad(mask.astype(np.int64), [(0, 1)] * ndim)  # point p sees voxels p-1 .. p
+        return ndimage.correlate(padded, weights, mode="constant", cval=0)
+
+    full = 2 ** (2**ndim) - 1
+    cX, cY = codes(ref == label), codes(pred == label)
+    bX, bY = (cX != 0) & (cX != full), (cY != 0) & (cY != full)
+    if not bX.any() or not bY.any():
+        return (np.zeros(0), cX[bX]), (np.zeros(0), cY[bY])
+    dX = ndimage.distance_transform_edt(~bY, sampling=spacing)[bX]
+    dY = ndimage.distance_transform_edt(~bX, sampling=spacing)[bY]
+    return (dX, cX[bX]), (dY, cY[bY])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, spacing", [((13, 17, 11), (1.0, 0.8, 1.3)), ((23, 19), (0.7, 1.5))])
+def test_corner_surface_matches_scipy(backend, shape, spacing):
+    from spatialseg_fast.ops._surfels import surfel_areas
+
+    ref, pred = blobs(shape, 5, 11, size=3), blobs(shape, 5, 12, size=3)
+    ref[(0,) * len(shape)] = 4  # a label touching the corner of the image
+    d = surface_distances(pred, ref, labels=[1, 2, 3, 4, 7], spacing=spacing, surface="corner", backend=backend)
+    table = surfel_areas(spacing)
+    for i, label in enumerate([1, 2, 3, 4, 7]):
+        (a, code_a), (b, code_b) = scipy_corner_distances(pred, ref, label, spacing)
+        assert np.allclose(d.ref_to_pred[i], a, atol=1e-12) and np.allclose(d.pred_to_ref[i], b, atol=1e-12)
+        assert np.array_equal(d.ref_areas[i], table[code_a]) and np.array_equal(d.pred_areas[i], table[code_b])
+        assert d.counts[i, 3] == len(code_a) and d.counts[i, 4] == len(code_b)
+        assert d.counts[i, 2] == ((ref == label) & (pred == label)).sum()
+
+
+def test_corner_surface_areas_of_a_box():
+    """A box's corner-grid surface area is its true surface area (flat faces, spacing scaled)."""
+    m = np.zeros((9, 10, 11), np.uint8)
+    m[2:6, 3:8, 1:10] = 1  # 4 x 5 x 9 voxels
+    sp = (1.5, 1.0, 2.0)
+    d = surface_distances(m, m, labels=[1], spacing=sp, surface="corner")
+    x, y, z = 4 * 1.5, 5 * 1.0, 9 * 2.0
+    # edges and corners are bevelled by half a voxel: the surfel area is below the box's, and
+    # equals the bevelled box's (faces shrunk by one voxel + bevel strips + corner triangles)
+    assert d.ref_areas[0].sum() < 2 * (x * y + y * z + x * z)
+    assert np.all(d.ref_to_pred[0] == 0)
+    faces = 2 * ((x - 1.5) * (y - 1.0) + (y - 1.0) * (z - 2.0) + (x - 1.5) * (z - 2.0))
+    strips = 4 * ((x - 1.5) * np.hypot(1.0, 2.0) / 2 + (y - 1.0) * np.hypot(1.5, 2.0) / 2 + (z - 2.0) * np.hypot(1.5, 1.0) / 2)
+    corners = 8 * 0.5 * np.linalg.norm(np.cross([-0.75, 0.5, 0], [-0.75, 0, 1.0]))
+    assert d.ref_areas[0].sum() == pytest.approx(faces + strips + corners, rel=1e-12)
+
+
+def test_corner_surface_rejects_triton():
+    with pytest.raises(ValueError, match="corner"):
+        surface_distances(np.ones((3, 3, 3), np.uint8), np.ones((3, 3, 3), np.uint8), surface="corner", backend="triton")
+    with pytest.raises(ValueError, match="surface"):
+        surface_distances(np.ones((3, 3, 3), np.uint8), np.ones((3, 3, 3), np.uint8), surface="mesh")
 
 
 def test_label_order_is_kept():

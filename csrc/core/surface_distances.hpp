@@ -28,6 +28,7 @@ struct LabelSurface {
   int64_t count_ref = 0, count_pred = 0, intersection = 0, border_ref = 0, border_pred = 0;
   std::vector<double> ref_to_pred;  // per border voxel of X (C order): distance to border(Y)
   std::vector<double> pred_to_ref;  // per border voxel of Y: distance to border(X)
+  std::vector<double> ref_areas, pred_areas;  // corner surface only: each border point's area
 };
 
 struct Box {
@@ -138,6 +139,26 @@ inline std::vector<std::array<int64_t, 3>> neighbour_offsets(int connectivity, i
 
 }  // namespace detail
 
+// DeepMind surface-distance's surface: points on the grid of voxel corners. Point p has the voxels
+// p - 1 + (a, b, c), (a, b, c) in {0,1}^3, around it; voxel (a, b, c) inside the set sets bit
+// 1 << (7 - (4a + 2b + c)) of its code (2D: 1 << (3 - (2b + c)), on the last two axes). Codes other
+// than none and all are surface points, weighted by area[code] (computed in Python from the
+// marching-cubes surface, spatialseg_fast/ops/_surfels.py).
+inline int corner_code(const int32_t* map, int32_t value, const std::array<int64_t, 3>& shape, int ndim,
+                       int64_t x, int64_t y, int64_t z) {
+  int code = 0;
+  const int a_max = ndim == 3 ? 1 : 0;
+  for (int a = 0; a <= a_max; ++a)
+    for (int b = 0; b <= 1; ++b)
+      for (int c = 0; c <= 1; ++c) {
+        const int64_t xx = ndim == 3 ? x + a - 1 : x, yy = y + b - 1, zz = z + c - 1;
+        if (xx < 0 || yy < 0 || zz < 0 || xx >= shape[0] || yy >= shape[1] || zz >= shape[2]) continue;
+        if (map[(xx * shape[1] + yy) * shape[2] + zz] != value) continue;
+        code |= ndim == 3 ? 1 << (7 - (4 * a + 2 * b + c)) : 1 << (3 - (2 * b + c));
+      }
+  return code;
+}
+
 // Label maps hold raw label values; `lut` (size lut_size) maps a value to its id 0..L-1 or -1
 // (not asked for). Values outside [0, lut_size) are not asked for either.
 struct LabelLut {
@@ -186,11 +207,15 @@ inline std::vector<Box> label_boxes(const int32_t* ref, const int32_t* pred, con
 }
 
 // ref, pred: label maps of `shape` (C order); values[id] is the label value of id (lut inverse).
+// corner_area == nullptr: border voxels (centres) within `connectivity`. Otherwise the corner-grid
+// surface above with corner_area[code] per point (2^(2^ndim) entries); connectivity is unused.
 inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int32_t* pred,
                                                    const std::array<int64_t, 3>& shape, const LabelLut& lut,
                                                    const int32_t* values, int64_t num_labels,
                                                    const std::array<double, 3>& spacing, int connectivity, int ndim,
-                                                   int num_threads) {
+                                                   int num_threads, const double* corner_area = nullptr) {
+  const bool corner = corner_area != nullptr;
+  const int full_code = ndim == 3 ? 255 : 15;
   std::vector<LabelSurface> out(num_labels);
   const std::vector<Box> boxes = label_boxes(ref, pred, shape, num_labels, lut, num_threads);
   const auto offsets = detail::neighbour_offsets(connectivity, ndim);
@@ -217,7 +242,10 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
       const Box& b = boxes[l];
       LabelSurface& s = out[l];
       if (b.empty()) continue;
-      const std::array<int64_t, 3> n{b.hi[0] - b.lo[0], b.hi[1] - b.lo[1], b.hi[2] - b.lo[2]};
+      // the grid of surface points: voxels, or the (n + 1) corners of the box's voxels
+      const int64_t grow = corner ? 1 : 0;
+      const std::array<int64_t, 3> n{b.hi[0] - b.lo[0] + (ndim == 3 ? grow : 0), b.hi[1] - b.lo[1] + grow,
+                                     b.hi[2] - b.lo[2] + grow};
       const int64_t size = n[0] * n[1] * n[2];
       border.assign(size, 0);
       auto is_border = [&](const int32_t* map, int64_t x, int64_t y, int64_t z) {
@@ -228,22 +256,47 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
         }
         return false;
       };
-      for (int64_t i = 0; i < n[0]; ++i)
-        for (int64_t j = 0; j < n[1]; ++j)
-          for (int64_t m = 0; m < n[2]; ++m) {
-            const int64_t x = b.lo[0] + i, y = b.lo[1] + j, z = b.lo[2] + m;
-            const int64_t g = (x * shape[1] + y) * shape[2] + z;
-            const bool in_x = ref[g] == value, in_y = pred[g] == value;
-            s.count_ref += in_x;
-            s.count_pred += in_y;
-            s.intersection += in_x && in_y;
-            uint8_t bits = 0;
-            if (in_x && is_border(ref, x, y, z)) bits |= 1;
-            if (in_y && is_border(pred, x, y, z)) bits |= 2;
-            border[(i * n[1] + j) * n[2] + m] = bits;
-            s.border_ref += bits & 1;
-            s.border_pred += (bits >> 1) & 1;
-          }
+      if (corner) {
+        for (int64_t x = b.lo[0]; x < b.hi[0]; ++x)  // Dice counts over the voxels
+          for (int64_t y = b.lo[1]; y < b.hi[1]; ++y)
+            for (int64_t z = b.lo[2]; z < b.hi[2]; ++z) {
+              const int64_t g = (x * shape[1] + y) * shape[2] + z;
+              const bool in_x = ref[g] == value, in_y = pred[g] == value;
+              s.count_ref += in_x;
+              s.count_pred += in_y;
+              s.intersection += in_x && in_y;
+            }
+        for (int64_t i = 0; i < n[0]; ++i)
+          for (int64_t j = 0; j < n[1]; ++j)
+            for (int64_t m = 0; m < n[2]; ++m) {
+              const int64_t x = b.lo[0] + i, y = b.lo[1] + j, z = b.lo[2] + m;
+              const int code_x = corner_code(ref, value, shape, ndim, x, y, z);
+              const int code_y = corner_code(pred, value, shape, ndim, x, y, z);
+              uint8_t bits = 0;
+              if (code_x != 0 && code_x != full_code) bits |= 1, s.ref_areas.push_back(corner_area[code_x]);
+              if (code_y != 0 && code_y != full_code) bits |= 2, s.pred_areas.push_back(corner_area[code_y]);
+              border[(i * n[1] + j) * n[2] + m] = bits;
+              s.border_ref += bits & 1;
+              s.border_pred += (bits >> 1) & 1;
+            }
+      } else {
+        for (int64_t i = 0; i < n[0]; ++i)
+          for (int64_t j = 0; j < n[1]; ++j)
+            for (int64_t m = 0; m < n[2]; ++m) {
+              const int64_t x = b.lo[0] + i, y = b.lo[1] + j, z = b.lo[2] + m;
+              const int64_t g = (x * shape[1] + y) * shape[2] + z;
+              const bool in_x = ref[g] == value, in_y = pred[g] == value;
+              s.count_ref += in_x;
+              s.count_pred += in_y;
+              s.intersection += in_x && in_y;
+              uint8_t bits = 0;
+              if (in_x && is_border(ref, x, y, z)) bits |= 1;
+              if (in_y && is_border(pred, x, y, z)) bits |= 2;
+              border[(i * n[1] + j) * n[2] + m] = bits;
+              s.border_ref += bits & 1;
+              s.border_pred += (bits >> 1) & 1;
+            }
+      }
       if (s.border_ref == 0 || s.border_pred == 0) continue;  // a set is empty: no distances
       // distances from the border of one map to the border of the other, both ways
       for (int dir = 0; dir < 2; ++dir) {

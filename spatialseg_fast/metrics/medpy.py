@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.surface_distances import surface_distances
+from ._crop import crop_to_union
 
 
 def _binary(x) -> np.ndarray:
@@ -35,6 +36,7 @@ def _distances(result, reference, voxelspacing, connectivity):
         raise RuntimeError("The first supplied array does not contain any binary object.")
     if np.count_nonzero(ref) == 0:
         raise RuntimeError("The second supplied array does not contain any binary object.")
+    r, ref = crop_to_union(r, ref)
     # a scalar voxelspacing applies to every axis, as in medpy
     d = surface_distances(r.view(np.uint8), ref.view(np.uint8), labels=[1], spacing=voxelspacing, connectivity=connectivity)
     return d.pred_to_ref[0], d.ref_to_pred[0]

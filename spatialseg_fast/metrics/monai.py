@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..ops.surface_distances import surface_distances
+from ._crop import crop_to_union
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -73,7 +74,8 @@ def _channel_distances(yp: torch.Tensor, yt: torch.Tensor, spacing):
         return [(d.pred_to_ref[c], d.ref_to_pred[c], int(d.counts[c, 4]), int(d.counts[c, 3])) for c in range(C)]
     out = []
     for c in range(C):
-        d = surface_distances(fp[c].to(torch.uint8).numpy(), ft[c].to(torch.uint8).numpy(), labels=[1], spacing=spacing)
+        p, t = crop_to_union(fp[c].numpy(), ft[c].numpy())
+        d = surface_distances(p.view(np.uint8), t.view(np.uint8), labels=[1], spacing=spacing)
         out.append((d.pred_to_ref[0], d.ref_to_pred[0], int(d.counts[0, 4]), int(d.counts[0, 3])))
     return out
 

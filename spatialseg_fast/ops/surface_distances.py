@@ -7,6 +7,9 @@ For each label l, with X = {ref == l} and Y = {pred == l}:
   centres to the nearest border voxel of Y; ``pred_to_ref`` the other way round (empty when either
   set is empty);
 - counts |X|, |Y|, |X & Y| (Dice) and the two border sizes.
+With ``surface="corner"`` the surface is DeepMind surface-distance's instead: points on the grid
+of voxel corners whose 2x2(x2) neighbourhood is partly inside the set, each weighted by its
+marching-cubes surface area (2D: contour length; ``ref_areas``/``pred_areas``), see ``_surfels``.
 Reductions (Hausdorff, percentiles, directed means, Dice) are methods of the result.
 
 The C++ kernel computes each label's exact EDT (Felzenszwalb-Huttenlocher, separable, anisotropic)
@@ -39,6 +42,9 @@ class SurfaceDistances:
     pred_to_ref: list
     """L float64 arrays: from each border voxel of the prediction to the reference's border."""
     spacing: tuple
+    ref_areas: list | None = None
+    """surface="corner" only: L float64 arrays, the area (mm^2; 2D: length, mm) of each border point."""
+    pred_areas: list | None = None
 
     # -- reductions (nan where a map lacks the label; see metrics for each library's convention)
     def dice(self) -> np.ndarray:
@@ -203,6 +209,20 @@ def _border(mask: torch.Tensor, connectivity: int) -> torch.Tensor:
     return mask & ~inside
 
 
+def _corner_codes(mask: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Code of every point of the voxel-corner grid ([D+1, H+1, W+1]; 2D: [1, H+1, W+1]) of `mask`
+    ([D, H, W] bool): bit 1 << (7 - (4a + 2b + c)) set when voxel p - 1 + (a, b, c) is inside."""
+    m = mask.to(torch.int64)
+    if ndim == 2:
+        m = F.pad(m[0], (1, 1, 1, 1))[None]
+        H, W = mask.shape[1:]
+        return sum(m[:, b : b + H + 1, c : c + W + 1] << (3 - (2 * b + c)) for b in (0, 1) for c in (0, 1))
+    m = F.pad(m, (1, 1, 1, 1, 1, 1))
+    D, H, W = mask.shape
+    return sum(m[a : a + D + 1, b : b + H + 1, c : c + W + 1] << (7 - (4 * a + 2 * b + c))
+               for a in (0, 1) for b in (0, 1) for c in (0, 1))
+
+
 def _nearest(src: torch.Tensor, dst: torch.Tensor, block: int = 4096) -> torch.Tensor:
     out = torch.empty(len(src), dtype=torch.float64)
     for i in range(0, len(src), block):
@@ -212,9 +232,10 @@ def _nearest(src: torch.Tensor, dst: torch.Tensor, block: int = 4096) -> torch.T
 
 
 def surface_distances_ref(ref: np.ndarray, pred: np.ndarray, lut: np.ndarray, values: np.ndarray, spacing,
-                          connectivity: int, ndim: int):
+                          connectivity: int, ndim: int, corner_area: np.ndarray | None = None):
     """Plain-torch reference with the kernel's inputs (int32 maps, value -> id table, id -> value):
-    (counts [L, 5], ref_to_pred, pred_to_ref)."""
+    (counts [L, 5], ref_to_pred, pred_to_ref, ref_areas, pred_areas); corner_area (code -> area)
+    selects the corner-grid surface, else the area lists are empty."""
     def ids(a):
         a = _as3d(a).astype(np.int64)
         inside = (a >= 0) & (a < len(lut))
@@ -223,6 +244,8 @@ def surface_distances_ref(ref: np.ndarray, pred: np.ndarray, lut: np.ndarray, va
     num_labels = len(values)
     r, p = ids(ref), ids(pred)
     sp3 = torch.tensor(((1.0,) if ndim == 2 else ()) + tuple(spacing), dtype=torch.float64)
+    if corner_area is not None:
+        return _corner_ref(r, p, num_labels, sp3, ndim, torch.from_numpy(np.asarray(corner_area, dtype=np.float64)))
     if ndim == 2:
         # no neighbours along the dummy axis: pad it with copies so it never makes a border
         r, p = r.expand(3, *r.shape[1:]).contiguous(), p.expand(3, *p.shape[1:]).contiguous()
@@ -241,12 +264,30 @@ def surface_distances_ref(ref: np.ndarray, pred: np.ndarray, lut: np.ndarray, va
         cx, cy = bX.nonzero().to(torch.float64) * sp3, bY.nonzero().to(torch.float64) * sp3
         a_list.append(_nearest(cx, cy).numpy())
         b_list.append(_nearest(cy, cx).numpy())
-    return counts, a_list, b_list
+    return counts, a_list, b_list, [np.zeros(0)] * num_labels, [np.zeros(0)] * num_labels
+
+
+def _corner_ref(r, p, num_labels, sp3, ndim, area):
+    full = 255 if ndim == 3 else 15
+    counts = np.zeros((num_labels, 5), dtype=np.int64)
+    out = [[], [], [], []]
+    for l in range(num_labels):
+        X, Y = r == l, p == l
+        cX, cY = _corner_codes(X, ndim), _corner_codes(Y, ndim)
+        bX, bY = (cX != 0) & (cX != full), (cY != 0) & (cY != full)
+        counts[l] = [int(X.sum()), int(Y.sum()), int((X & Y).sum()), int(bX.sum()), int(bY.sum())]
+        empty = counts[l, 3] == 0 or counts[l, 4] == 0
+        px, py = bX.nonzero().to(torch.float64) * sp3, bY.nonzero().to(torch.float64) * sp3
+        out[0].append(np.zeros(0) if empty else _nearest(px, py).numpy())
+        out[1].append(np.zeros(0) if empty else _nearest(py, px).numpy())
+        out[2].append(area[cX[bX]].numpy())
+        out[3].append(area[cY[bY]].numpy())
+    return (counts, *out)
 
 
 # -- dispatcher -----------------------------------------------------------------------------------
 def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing=None, connectivity: int = 1,
-                      backend: str = "auto", num_threads: int | None = None) -> SurfaceDistances:
+                      surface: str = "voxel", backend: str = "auto", num_threads: int | None = None) -> SurfaceDistances:
     """Border-to-border distances of every requested label of two label maps, in one call.
 
     pred, ref: 2D or 3D integer label maps of the same shape (numpy, torch CPU or CUDA tensors;
@@ -254,9 +295,14 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
     labels: labels to evaluate (default: every non-zero label present in either map), in order.
     spacing: voxel size in mm per axis (default 1). connectivity: 1 (faces, the default of medpy
         and MONAI) to ndim (all neighbours) for the border definition.
+    surface: "voxel" (border voxels, distances between voxel centres: medpy, MONAI, the paper) or
+        "corner" (DeepMind surface-distance's area-weighted points on the voxel-corner grid; sets
+        ref_areas/pred_areas; connectivity unused; computed on the CPU for CUDA tensors too).
     backend: "auto" | "cpp" | "triton" | "torch". num_threads: C++ threads (None: torch's count).
     """
     p, r, sp, conn = check_pair(pred, ref, spacing, connectivity)
+    if surface not in ("voxel", "corner"):
+        raise ValueError(f"surface must be 'voxel' or 'corner'; got {surface!r}")
     if labels is None:
         lab = None
     else:
@@ -270,29 +316,42 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         raise ValueError(f"pred and ref must be on the same device; got {p.device} and {r.device}")
     chosen = resolve_backend(backend, p.device)
     ndim = p.ndim
+    corner_area = None
+    if surface == "corner":
+        if backend == "triton":
+            raise ValueError("surface='corner' has no Triton kernel; use backend='auto', 'cpp' or 'torch'")
+        if chosen == "triton":
+            chosen = resolve_backend("auto", torch.device("cpu"))
+        from ._surfels import surfel_areas
+
+        corner_area = surfel_areas(sp)
     if chosen == "triton":
         from ..kernels.surface_distances import surface_distances_triton
 
         ref_ids, pred_ids, lab = _device_ids(p, r, lab)
         counts, a, b = surface_distances_triton(ref_ids, pred_ids, len(lab), ((1.0,) if ndim == 2 else ()) + tuple(sp), conn, ndim)
-        return _result(counts, a, b, lab, labels, sp)
+        return _result(counts, a, b, None, None, lab, labels, sp)
     ref_map, pred_map, lut, values, lab = _encode(p, r, lab)
     ext = extension() if chosen == "cpp" else None
     if ext is not None:
         sp3 = ((1.0,) if ndim == 2 else ()) + tuple(sp)
-        counts, a, b = ext.surface_distances(_as3d(ref_map), _as3d(pred_map), lut, values, sp3, conn, ndim,
-                                             resolve_threads(num_threads))
+        area_arg = np.zeros(0) if corner_area is None else corner_area
+        counts, a, b, ra, pa = ext.surface_distances(_as3d(ref_map), _as3d(pred_map), lut, values, sp3, conn, ndim,
+                                                     resolve_threads(num_threads), area_arg)
     else:
-        counts, a, b = surface_distances_ref(ref_map, pred_map, lut, values, sp, conn, ndim)
-    return _result(counts, a, b, lab, labels, sp)
+        counts, a, b, ra, pa = surface_distances_ref(ref_map, pred_map, lut, values, sp, conn, ndim, corner_area)
+    if corner_area is None:
+        ra = pa = None
+    return _result(counts, a, b, ra, pa, lab, labels, sp)
 
 
-def _result(counts, a, b, lab, labels, sp) -> SurfaceDistances:
+def _result(counts, a, b, ra, pa, lab, labels, sp) -> SurfaceDistances:
     counts = np.asarray(counts)
-    a, b = [np.asarray(x) for x in a], [np.asarray(x) for x in b]
+    fields = [[np.asarray(x) for x in f] if f is not None else None for f in (a, b, ra, pa)]
     if labels is None:  # keep the labels present in either map
         keep = np.flatnonzero(counts[:, 0] + counts[:, 1] > 0)
         lab, counts = lab[keep], counts[keep]
-        a, b = [a[i] for i in keep], [b[i] for i in keep]
+        fields = [[f[i] for i in keep] if f is not None else None for f in fields]
+    a, b, ra, pa = fields
     return SurfaceDistances(labels=np.asarray(lab, dtype=np.int64), counts=counts, ref_to_pred=a, pred_to_ref=b,
-                            spacing=tuple(sp))
+                            spacing=tuple(sp), ref_areas=ra, pred_areas=pa)
