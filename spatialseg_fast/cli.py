@@ -141,8 +141,12 @@ def _cmd_evaluate(args) -> int:
     from spatialseg_fast.metrics import evaluate
     from spatialseg_fast.volume import load_label_map
 
+    from spatialseg_fast.model.io import default_model_path, read_config
+
     try:
         pairs = _pairs(Path(args.pred), Path(args.ref))
+        model_path = args.model or default_model_path()
+        names = read_config(model_path)[0].label_table() if model_path else {}
     except ValueError as exc:
         print(f"spatialseg evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -151,9 +155,10 @@ def _cmd_evaluate(args) -> int:
         try:
             pv, rv = load_label_map(p), load_label_map(r)
             if pv.data.ndim == 2 or args.spacing:  # no affine to read (or overridden)
-                table = evaluate(pv.data, rv.data, spacing=args.spacing, labels=args.labels, metrics=args.metrics)
+                table = evaluate(pv.data, rv.data, spacing=args.spacing, labels=args.labels, metrics=args.metrics,
+                                 names=names or None)
             else:
-                table = evaluate(pv, rv, labels=args.labels, metrics=args.metrics)
+                table = evaluate(pv, rv, labels=args.labels, metrics=args.metrics, names=names or None)
         except (ValueError, RuntimeError) as exc:
             print(f"spatialseg evaluate: {subject}: error: {exc}", file=sys.stderr)
             failed += 1
@@ -226,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--spacing", type=float, nargs="+", help="voxel size in mm per axis (overrides the affine)")
     ev.add_argument("--csv", help="write the per-label rows (subject, label, metrics) to this CSV file")
     ev.add_argument("--json", help="write the same rows as JSON")
+    ev.add_argument("--model", help="name the labels from this model's label table (default: the installed "
+                    "default model's, when there is one)")
     ev.add_argument("--quiet", action="store_true", help="print only the summary lines")
     ev.set_defaults(func=_cmd_evaluate)
     return parser

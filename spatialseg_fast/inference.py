@@ -101,17 +101,30 @@ def _mask_tensor(mask, volume: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def _check_probabilities(model: SpatialSegNet, labels) -> list[int] | None:
-    """The labels whose probability maps are wanted, as a list of ints in [0, num_classes)."""
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_probabilities(model: SpatialSegNet, classes) -> list[int] | None:
+    """The class indices whose probability maps are wanted, as a list of ints in [0, num_classes)."""
+    if classes is None:
+        return None
+    values = np.atleast_1d(np.asarray(classes, dtype=object))
+    if not (values.ndim == 1 and len(values) > 0 and all(_is_int(x) and 0 <= int(x) < model.num_classes for x in values)):
+        raise ValueError(f"probabilities must list integer class indices in [0, {model.num_classes}); got {classes!r}")
+    return [int(x) for x in values]
+
+
+def _probability_classes(model: SpatialSegNet, labels) -> list[int] | None:
+    """segment()'s return_probabilities (output label values) as class indices."""
     if labels is None:
         return None
+    index = {v: i for i, v in enumerate(model.config.output_values())}
     values = np.atleast_1d(np.asarray(labels, dtype=object))
-    ok = values.ndim == 1 and len(values) > 0 and all(
-        isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and 0 <= int(x) < model.num_classes for x in values
-    )
-    if not ok:
-        raise ValueError(f"return_probabilities must list integer labels in [0, {model.num_classes}); got {labels!r}")
-    return [int(x) for x in values]
+    if not (values.ndim == 1 and len(values) > 0 and all(_is_int(x) and int(x) in index for x in values)):
+        known = f"in [0, {model.num_classes})" if not model.config.label_values else "among the model's label values"
+        raise ValueError(f"return_probabilities must list integer labels {known}; got {labels!r}")
+    return [index[int(x)] for x in values]
 
 
 def normalise(model: SpatialSegNet, volume: torch.Tensor) -> torch.Tensor:
@@ -420,8 +433,17 @@ class DenseEngine:
                 probs.view(len(probabilities), -1)[:, flat] = sm.T
 
 
-def _label_dtype(num_classes: int):
-    return np.uint8 if num_classes <= 256 else np.uint16
+def _label_dtype(max_value: int):
+    return np.uint8 if max_value <= 255 else np.uint16
+
+
+def to_label_values(model: SpatialSegNet, classes: np.ndarray) -> np.ndarray:
+    """Class indices -> the model's output label values (uint8 when they fit, else uint16)."""
+    values = np.asarray(model.config.output_values())
+    dtype = _label_dtype(int(values.max()))
+    if not model.config.label_values:
+        return classes.astype(dtype)
+    return values.astype(dtype)[classes]
 
 
 def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None, spacing=None, device="auto",
@@ -439,13 +461,16 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     spacing: voxel size in mm for a plain array (default 1 mm); ignored for a Volume.
     device: "auto" | "cpu" | "cuda[:N]". precision: "fp32" | "bf16" | "fp16".
     threads: CPU threads for this call (default: torch's setting).
-    return_probabilities: labels whose softmax probability maps to return too (float16).
+    return_probabilities: labels (output label values) whose softmax probability maps to return
+        too (float16), in the order given.
     progress: draw a progress bar on stderr.
     memory_budget: bytes for the engine's working buffers (default 1 GiB on the CPU, a third of
         the free GPU memory); a target that sets the tile sizes, not a hard limit. Results do not
         depend on it.
 
-    Returns labels (uint8 when the model has <= 256 classes, else uint16) of the volume's shape,
+    Returns label maps of the volume's shape holding the model's output label values
+    (``config.label_values``, e.g. Neuromorphometrics codes; class indices when it has none):
+    uint8 when they all fit, else uint16;
     as a numpy array for numpy input, a CPU tensor for tensor input (torch.uint8 / torch.uint16),
     a Volume for a Volume; with return_probabilities, a pair (labels, probabilities [K, D, H, W]).
     """
@@ -463,11 +488,11 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
     model = _check_model(model)
     spacing = check_spacing(spacing)
     m = _mask_tensor(mask, vol)
-    return_probabilities = _check_probabilities(model, return_probabilities)
+    return_probabilities = _probability_classes(model, return_probabilities)
     engine = DenseEngine(model, device=device, precision=precision, threads=threads, memory_budget=memory_budget)
     source = prepare_source(model, vol, spacing)
     labels, probs = engine.run(source, m, atlas, return_probabilities, progress)
-    out = labels.numpy().astype(_label_dtype(model.num_classes))
+    out = to_label_values(model, labels.numpy())
     if not is_numpy:
         out = torch.from_numpy(out)
     if affine is not None:

@@ -66,3 +66,22 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), str(tmp_path / "p.nii.gz")]) == 2
     assert "both be files or both be folders" in capsys.readouterr().err
+
+
+def test_label_names_from_a_model(tmp_path, capsys):
+    from spatialseg_fast import build_model
+    from spatialseg_fast.model import save_model
+
+    model = build_model("basenet", 3, seed=0)
+    model = build_model(config=model.config.replace(label_values=(0, 1, 7), label_names=("background", "left cube", "other")))
+    save_model(model, tmp_path / "m.safetensors")
+    pred, ref = cubes()
+    write(tmp_path / "p.nii.gz", pred)
+    write(tmp_path / "r.nii.gz", ref)
+    args = ["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz")]
+    assert main(args + ["--model", str(tmp_path / "m.safetensors"), "--csv", str(tmp_path / "o.csv")]) == 0
+    assert "left cube" in capsys.readouterr().out
+    assert list(csv.DictReader(open(tmp_path / "o.csv")))[0]["name"] == "left cube"
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    assert main(args + ["--model", str(tmp_path / "bad.safetensors")]) == 2
+    assert "not a readable spatialseg_fast model" in capsys.readouterr().err

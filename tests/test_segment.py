@@ -210,6 +210,24 @@ def test_probabilities_for_chosen_labels():
         segment(volume, model, atlas=atlas, return_probabilities=[L])
 
 
+def test_label_values_are_written_and_select_probabilities():
+    model, volume, _ = random_case("basenet", seed=9)
+    classes = segment(volume, model)
+    values = (0, 4, 11, 300, 23, 30)  # codes as in an atlas protocol, one above 255
+    coded = build_model(config=model.config.replace(label_values=values, label_names=tuple("abcdef")))
+    coded.load_state_dict(model.state_dict())
+    out, probs = segment(volume, coded, return_probabilities=[300, 4])
+    assert out.dtype == torch.uint16
+    assert np.array_equal(out.numpy(), np.asarray(values)[classes.numpy()])
+    _, by_index = segment(volume, model, return_probabilities=[3, 1])
+    assert torch.equal(probs, by_index)
+    with pytest.raises(ValueError, match="label values"):
+        segment(volume, coded, return_probabilities=[3])
+    assert coded.config.label_table()[300] == "d"
+    with pytest.raises(ValueError, match="label_values"):
+        model.config.replace(label_values=(1, 2, 3, 4, 5, 6))
+
+
 def test_progress_bar_on_request(capsys):
     model, volume, _ = random_case("basenet", seed=8)
     segment(volume, model)

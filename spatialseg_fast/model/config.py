@@ -85,6 +85,10 @@ class ModelConfig:
     intensity_std: float = 1.0
     """Normalisation applied to raw intensities before patches are cut: (x - mean) / std."""
     label_names: tuple = ()
+    """Structure name of each class index, when known."""
+    label_values: tuple = ()
+    """The label value each class index is written as in output label maps (e.g. the
+    Neuromorphometrics codes); empty: class index i is written as i. Class 0 is background (0)."""
 
     def __post_init__(self):
         object.__setattr__(self, "scale_trunk", _layers(self.scale_trunk))
@@ -97,6 +101,11 @@ class ModelConfig:
             raise ValueError(f"num_classes must be from 2 to 65535; got {self.num_classes}")
         if self.label_names and len(self.label_names) != self.num_classes:
             raise ValueError(f"label_names has {len(self.label_names)} names for {self.num_classes} classes")
+        object.__setattr__(self, "label_values", tuple(int(v) for v in self.label_values))
+        if self.label_values:
+            v = self.label_values
+            if len(v) != self.num_classes or v[0] != 0 or len(set(v)) != len(v) or min(v) < 0 or max(v) > 65535:
+                raise ValueError("label_values must give each class a distinct value in [0, 65535], class 0 -> 0")
         if not self.intensity_std > 0:
             raise ValueError(f"intensity_std must be positive; got {self.intensity_std}")
         if self.dist and not self.patch.grid:
@@ -106,6 +115,14 @@ class ModelConfig:
         trunk_output_size(self.patch.patch2d, self.scale_trunk)
         if self.cube:
             trunk_output_size(self.patch.patch3d, self.cube_trunk)
+
+    def output_values(self) -> tuple:
+        """The label value written for each class index."""
+        return self.label_values or tuple(range(self.num_classes))
+
+    def label_table(self) -> dict:
+        """{label value: structure name} ({} when the names are unknown)."""
+        return dict(zip(self.output_values(), self.label_names)) if self.label_names else {}
 
     def to_dict(self) -> dict:
         d = asdict(self)

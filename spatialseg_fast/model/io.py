@@ -62,7 +62,27 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     Raises ValueError for a file that is not a model of a version this package reads."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from safetensors import safe_open
+
+    path = Path(path)
+    config, extra = read_config(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} is not a readable spatialseg_fast model file ({exc})") from None
+    atlas = tensors.pop(ATLAS_KEY, None)
+    model = SpatialSegNet(config)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not match the stored configuration ({exc})") from None
+    model.atlas = atlas
+    model.metadata = extra
+    return model.to(device).eval()
+
+
+def read_config(path) -> tuple[ModelConfig, dict]:
+    """(configuration, free-form metadata) of a model file, without reading its weights."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -70,7 +90,6 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path} is not a readable spatialseg_fast model file ({exc})") from None
     if meta.get("format") != FORMAT:
@@ -86,15 +105,7 @@ def load_model(path, device="cpu") -> SpatialSegNet:
         extra = json.loads(meta.get("extra", "{}"))
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{path} has an unreadable model configuration ({exc})") from None
-    atlas = tensors.pop(ATLAS_KEY, None)
-    model = SpatialSegNet(config)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not match the stored configuration ({exc})") from None
-    model.atlas = atlas
-    model.metadata = extra
-    return model.to(device).eval()
+    return config, extra
 
 
 def default_model_path() -> Path | None:
