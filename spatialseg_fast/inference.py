@@ -20,6 +20,7 @@ import torch
 from ._progress import Progress
 from .model.dense import DenseForm, crop
 from .model.network import SpatialSegNet
+from .model.atlas import SparseAtlas
 from .ops._checks import as_tensor, check_atlas, check_centres, check_spacing, check_volume
 from .ops.extract_patches import PatchSource, extract_patches, prepare_patch_source
 from .ops.landmark_distances import landmark_distances
@@ -81,6 +82,11 @@ def _atlas_tensor(model: SpatialSegNet, atlas, shape) -> torch.Tensor | None:
         atlas = getattr(model, "atlas", None)
         if atlas is None:
             raise ValueError("this model has a ProbBranch and needs atlas probabilities: pass atlas= ([L, D, H, W]) or use a model saved with its atlas")
+    if isinstance(atlas, SparseAtlas):
+        if tuple(atlas.shape) != (model.num_classes, *shape):
+            raise ValueError(f"atlas has shape {tuple(atlas.shape)} but the volume and model need "
+                             f"({model.num_classes}, {', '.join(map(str, shape))}): is the volume on the model's template grid?")
+        return atlas
     return check_atlas(atlas, shape, model.num_classes)
 
 
@@ -128,9 +134,14 @@ def _probability_classes(model: SpatialSegNet, labels) -> list[int] | None:
 
 
 def normalise(model: SpatialSegNet, volume: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std with the model's stored intensity statistics, in float32."""
+    """(x - mean) / std with the model's stored intensity statistics, in float32 (after scaling
+    by the median of the non-zero voxels when the model asks for it)."""
     cfg = model.config
     vol = volume.to(torch.float32)
+    if cfg.intensity_reference == "brain_median":
+        inside = vol[vol != 0]
+        if inside.numel():
+            vol = vol / inside.abs().median().clamp(min=1e-12)
     if cfg.intensity_mean == 0.0 and cfg.intensity_std == 1.0:
         return vol
     return (vol - cfg.intensity_mean) / cfg.intensity_std
@@ -202,7 +213,9 @@ def classify_voxels(model: SpatialSegNet, volume, centres, atlas=None, *, spacin
                     break
                 p = extract_patches(source, part, backend=backend)
                 rows = None
-                if atl is not None:
+                if isinstance(atl, SparseAtlas):
+                    rows = atl.rows(part).to(dev)
+                elif atl is not None:
                     idx = part.long()
                     rows = atl[:, idx[:, 0], idx[:, 1], idx[:, 2]].T.to(dev, torch.float32)
                 out = model(p.planes.to(dev, torch.float32), None if p.cube is None else p.cube.to(dev, torch.float32),

@@ -71,3 +71,55 @@ def load_label_map(path) -> "Volume":
     elif data.dtype.kind not in "iub":
         raise ValueError(f"{path}: data type {data.dtype} is not a label type")
     return Volume(np.ascontiguousarray(data), affine if data.ndim == 3 else np.eye(4), header)
+
+
+def resample(volume: "Volume", shape, affine, kind: str = "intensity", fill: float = 0.0) -> "Volume":
+    """`volume` on another grid (``shape``, voxel-to-world ``affine``): trilinear for
+    ``kind="intensity"`` (anti-aliased by a Gaussian when the target voxels are coarser, so that
+    downsampling averages instead of picking samples), nearest neighbour for ``kind="label"``.
+    World positions outside the source read `fill`."""
+    import torch
+    import torch.nn.functional as F
+
+    if kind not in ("intensity", "label"):
+        raise ValueError(f"kind must be 'intensity' or 'label'; got {kind!r}")
+    src = torch.as_tensor(np.ascontiguousarray(volume.data))
+    if src.ndim != 3:
+        raise ValueError(f"resample needs a 3D volume; got shape {tuple(src.shape)}")
+    shape = tuple(int(s) for s in shape)
+    target = np.asarray(affine, dtype=np.float64)
+    # target voxel index -> source voxel index
+    m = np.linalg.inv(volume.affine) @ target
+    data = src.to(torch.float64 if kind == "label" else torch.float32)
+    if kind == "intensity":
+        step = np.linalg.norm(m[:3, :3], axis=1)  # a target voxel's extent in source voxels, per source axis
+        data = _gaussian(data, np.sqrt(np.clip(step**2 - 1.0, 0.0, None)) / 2.0)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
+    grid = idx @ m[:3, :3].T + m[:3, 3]  # source indices, [*shape, 3]
+    # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised to [-1, 1]
+    size = np.array(src.shape, dtype=np.float64)
+    norm = 2.0 * grid / np.maximum(size - 1, 1) - 1.0
+    g = torch.from_numpy(norm[..., ::-1].copy()).to(data.dtype)[None]
+    out = F.grid_sample((data - fill)[None, None], g, mode="bilinear" if kind == "intensity" else "nearest",
+                        padding_mode="zeros", align_corners=True)[0, 0] + fill
+    if kind == "label":
+        out = out.round().to(src.dtype)
+    return Volume(out.numpy(), target)
+
+
+def _gaussian(data, sigma_per_axis):
+    """Separable Gaussian blur of a 3D tensor, sigma in voxels per axis (zero-padded edges)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = data
+    for axis, s in enumerate(sigma_per_axis):
+        if s <= 0.2:
+            continue
+        r = int(np.ceil(3 * s))
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=data.dtype) / s) ** 2)
+        k = (k / k.sum()).view(1, 1, -1)
+        moved = out.movedim(axis, -1)
+        flat = moved.reshape(-1, 1, moved.shape[-1])
+        out = F.conv1d(F.pad(flat, (r, r)), k).reshape(moved.shape).movedim(-1, axis)
+    return out

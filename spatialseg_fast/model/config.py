@@ -84,6 +84,9 @@ class ModelConfig:
     intensity_mean: float = 0.0
     intensity_std: float = 1.0
     """Normalisation applied to raw intensities before patches are cut: (x - mean) / std."""
+    intensity_reference: str = ""
+    """"brain_median": first divide the volume by the median of its non-zero voxels, so that
+    scans on any intensity scale (a 0-1 template, a 0-100 one, raw scanner units) look alike."""
     label_names: tuple = ()
     """Structure name of each class index, when known."""
     label_values: tuple = ()
@@ -106,6 +109,8 @@ class ModelConfig:
             v = self.label_values
             if len(v) != self.num_classes or v[0] != 0 or len(set(v)) != len(v) or min(v) < 0 or max(v) > 65535:
                 raise ValueError("label_values must give each class a distinct value in [0, 65535], class 0 -> 0")
+        if self.intensity_reference not in ("", "brain_median"):
+            raise ValueError(f"intensity_reference must be '' or 'brain_median'; got {self.intensity_reference!r}")
         if not self.intensity_std > 0:
             raise ValueError(f"intensity_std must be positive; got {self.intensity_std}")
         if self.dist and not self.patch.grid:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -19,35 +20,52 @@ from .network import SpatialSegNet
 FORMAT = "spatialseg_fast.model"
 FORMAT_VERSION = 1
 ATLAS_KEY = "__atlas__"
+SPARSE_ATLAS_KEY = "__atlas_sparse__"  # zlib bytes of a SparseAtlas; its shape in the metadata
 
 
 class ModelNotFoundError(FileNotFoundError):
     """No model was given and no default weights are installed."""
 
 
-def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None, metadata: dict | None = None, dtype=None) -> Path:
-    """Write weights (+ optional atlas [L, D, H, W]) and configuration to `path` atomically
-    (a temporary file renamed into place, so a crash never leaves a half-written model).
-    dtype: store the weights in this dtype (e.g. torch.float16 to halve the file)."""
+EXTRA_PREFIX = "__extra__."  # tensors that travel with a model but are not weights (training state)
+
+
+def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None, metadata: dict | None = None, dtype=None,
+               extra_tensors: dict | None = None) -> Path:
+    """Write weights (+ optional atlas: [L, D, H, W] tensor or SparseAtlas) and configuration to
+    `path` atomically (a temporary file renamed into place, so a crash never leaves a half-written
+    model). dtype: store the weights in this dtype (e.g. torch.float16 to halve the file).
+    extra_tensors: more named tensors stored beside them (read back by :func:`load_extra_tensors`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
+    from .atlas import SparseAtlas
+
     atlas = atlas if atlas is not None else getattr(model, "atlas", None)
-    if atlas is not None:
-        tensors[ATLAS_KEY] = torch.as_tensor(atlas).detach().cpu().contiguous()
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(model.config.to_dict()),
         "extra": json.dumps(metadata or {}),
     }
+    for name, t in (extra_tensors or {}).items():
+        tensors[EXTRA_PREFIX + name] = t.detach().cpu().contiguous()
+    if isinstance(atlas, SparseAtlas):
+        blob, atlas_meta = atlas.to_bytes()
+        tensors[SPARSE_ATLAS_KEY] = torch.from_numpy(blob)
+        meta["atlas"] = json.dumps(atlas_meta)
+    elif atlas is not None:
+        tensors[ATLAS_KEY] = torch.as_tensor(atlas).detach().cpu().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a model file is for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,13 +81,19 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .atlas import SparseAtlas
+
     path = Path(path)
     config, extra = read_config(path)
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} is not a readable spatialseg_fast model file ({exc})") from None
-    atlas = tensors.pop(ATLAS_KEY, None)
+        atlas = tensors.pop(ATLAS_KEY, None)
+        for key in [k for k in tensors if k.startswith(EXTRA_PREFIX)]:
+            del tensors[key]
+        if SPARSE_ATLAS_KEY in tensors:
+            atlas = SparseAtlas.from_bytes(tensors.pop(SPARSE_ATLAS_KEY).numpy(), extra.pop("__atlas__"))
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, zlib.error) as exc:
+        raise ValueError(f"{path} is not a readable spatialseg_fast model file ({type(exc).__name__}: {exc})") from None
     model = SpatialSegNet(config)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
@@ -78,6 +102,17 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     model.atlas = atlas
     model.metadata = extra
     return model.to(device).eval()
+
+
+def load_extra_tensors(path) -> dict:
+    """The extra tensors stored by ``save_model(..., extra_tensors=...)``."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for broken files
+        raise ValueError(f"{path} is not a readable spatialseg_fast model file ({exc})") from None
+    return {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
 
 
 def read_config(path) -> tuple[ModelConfig, dict]:
@@ -103,6 +138,8 @@ def read_config(path) -> tuple[ModelConfig, dict]:
     try:
         config = ModelConfig.from_dict(json.loads(meta["config"]))
         extra = json.loads(meta.get("extra", "{}"))
+        if "atlas" in meta:
+            extra["__atlas__"] = json.loads(meta["atlas"])
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{path} has an unreadable model configuration ({exc})") from None
     return config, extra

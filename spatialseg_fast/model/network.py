@@ -94,11 +94,20 @@ class DistBranch(nn.Module):
 
 
 class ProbBranch(nn.Module):
-    """Three bias-free l x l layers (3 l^2 parameters), ReLU between them, output added to the logits."""
+    """Three bias-free l x l layers (3 l^2 parameters), ReLU between them, output added to the logits.
+
+    Initialised near the identity (the last layer scaled by ``PRIOR_GAIN``, small noise on all
+    three): a fresh network then starts from the atlas prior (logit + gain * probability) instead
+    of ignoring it behind three small random layers, which would take many epochs to open up."""
+
+    PRIOR_GAIN = 4.0
 
     def __init__(self, num_classes: int):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(num_classes, num_classes, bias=False) for _ in range(3))
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                layer.weight.mul_(0.05).add_(torch.eye(num_classes) * (self.PRIOR_GAIN if i == 2 else 1.0))
 
     def forward(self, atlas: torch.Tensor) -> torch.Tensor:
         x = atlas

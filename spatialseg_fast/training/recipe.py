@@ -1,0 +1,106 @@
+"""Whole training runs: the default model on the CAT12 pseudo-subject cohort, or a model on your own
+labelled scans. Both build the probabilistic atlas from the training label maps and store it,
+the label table and the template grid in every checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..model.network import build_model
+from .data import prepare_subject
+from .loop import TrainOptions, train
+from .validation import slab_dice
+
+LICENSE_NOTE = ("trained on pseudo-subjects made from the CAT12 T1 template and Neuromorphometrics labels "
+                "(CC BY-NC 4.0: research use only)")
+
+
+def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
+         val_slabs):
+    from ..datasets.atlas import build_atlas
+
+    values = model.config.output_values()
+    atlas = build_atlas([lab for _, lab, _ in train_pairs], values) if model.prob is not None else None
+    if progress:
+        print(f"preparing {len(train_pairs)} training and {len(val_pairs)} validation subjects", flush=True)
+    subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in train_pairs]
+    val_subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in val_pairs]
+    validate = None
+    if val_subjects:
+        validate = lambda m: slab_dice(m, val_subjects, atlas, slabs=val_slabs, precision=options.precision)
+    meta = dict(metadata)
+    meta["template"] = {"shape": list(grid[0]), "affine": np.asarray(grid[1]).tolist()}
+    meta["subjects"] = {"train": [n for _, _, n in train_pairs], "validation": [n for _, _, n in val_pairs]}
+    result = train(model, subjects, out_dir, options, atlas=atlas, validate=validate, resume=resume, progress=progress,
+                   metadata=meta, stop_after=stop_after)
+    return result
+
+
+def train_default(out_dir, options: TrainOptions | None = None, *, preset: str = "full", seed: int = 0,
+                  n_train: int = 10, n_val: int = 5, val_slabs: int = 6, resume: bool = False, progress: bool = True,
+                  stop_after: int | None = None):
+    """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, trained on
+    the paper's split of CAT12 pseudo-subjects (datasets.paper_split), validated on slabs of the
+    validation subjects; checkpoints in `out_dir` (best.safetensors is the model to use)."""
+    from ..datasets import label_table, template_grid
+    from ..datasets.cohort import SPLIT, make_cohort, load_source
+
+    options = options or TrainOptions()
+    values, names = label_table()
+    model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
+                        label_names=names)
+    base = load_source("cat12")
+    train_set = make_cohort(base, min(n_train, SPLIT["train"][1]), seed, start=SPLIT["train"][0])
+    val_set = make_cohort(base, min(n_val, SPLIT["validation"][1]), seed, start=SPLIT["validation"][0])
+    grid = template_grid()
+    spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
+    return _run(model, [(s.image, s.labels, s.name) for s in train_set], [(s.image, s.labels, s.name) for s in val_set],
+                out_dir, options, grid=grid, spacing=spacing,
+                metadata={"data": f"cohort seed {seed}", "license": LICENSE_NOTE}, resume=resume, progress=progress,
+                stop_after=stop_after, val_slabs=val_slabs)
+
+
+def train_on_folders(images, labels, out_dir, options: TrainOptions | None = None, *, preset: str = "full",
+                     seed: int = 0, val_fraction: float = 0.2, val_slabs: int = 6, resume: bool = False,
+                     progress: bool = True, stop_after: int | None = None):
+    """Train on your own scans: NIfTI images in `images` and label maps in `labels`, matched by
+    file name, all on one grid (e.g. affinely registered to one template and resampled), skull-
+    stripped (0 outside the brain). The classes are 0 plus every label value found; the last
+    `val_fraction` of the pairs (by name) validate."""
+    from ..volume import NIFTI_SUFFIXES, load_label_map
+
+    import nibabel as nib
+
+    images, labels = Path(images), Path(labels)
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder")
+    names = sorted(p.name for p in images.iterdir() if p.name.lower().endswith(NIFTI_SUFFIXES))
+    names = [n for n in names if (labels / n).is_file()]
+    if len(names) < 2:
+        raise ValueError(f"need at least 2 image/label pairs with the same file name in {images} and {labels}; found {len(names)}")
+    pairs, grid = [], None
+    for n in names:
+        img = nib.as_closest_canonical(nib.load(str(images / n)))
+        lab = load_label_map(labels / n)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        lab_data = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(lab.data), lab.affine)).dataobj)
+        if grid is None:
+            grid = (data.shape, img.affine)
+        if data.shape != grid[0] or lab_data.shape != grid[0] or not np.allclose(img.affine, grid[1], atol=1e-3):
+            raise ValueError(f"{n}: image and labels must all share one grid (shape {grid[0]}); resample them first")
+        if not np.isfinite(data).all():
+            raise ValueError(f"{images / n}: contains NaN or infinite values")
+        pairs.append((data, lab_data.astype(np.int64), n))
+    values = sorted({0} | set(np.unique(np.concatenate([np.unique(p[1]) for p in pairs])).tolist()))
+    n_val = max(1, int(round(len(pairs) * val_fraction))) if len(pairs) > 2 else 0
+    options = options or TrainOptions()
+    model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
+                        label_names=tuple(str(v) for v in values))
+    spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
+    return _run(model, pairs[: len(pairs) - n_val], pairs[len(pairs) - n_val :], out_dir, options, grid=grid,
+                spacing=spacing, metadata={"data": f"{images} + {labels}"}, resume=resume, progress=progress,
+                stop_after=stop_after, val_slabs=val_slabs)

@@ -1,0 +1,47 @@
+"""Validation Dice during training, on fixed slabs of the validation subjects.
+
+Segmenting every validation subject whole after every epoch would cost minutes on a CPU; the
+same network on a fixed set of evenly spaced slabs (the dense form, eval mode) gives the per-class
+overlap counts of those voxels in seconds. Dice per class is pooled over all validation voxels
+and averaged over the classes present (background excluded): a stable number for choosing the
+best epoch. The final model is evaluated on whole volumes with the evaluator (bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import TrainSubject
+from .dense import SlabStep
+
+
+def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6, slab: int = 2, precision: str = "fp32") -> float:
+    L = model.num_classes
+    inter = torch.zeros(L, dtype=torch.float64)
+    total = torch.zeros(L, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for subject in subjects:
+            mask_p = subject.mask_p
+            slices = mask_p.flatten(1).any(1).nonzero().flatten()
+            lo, hi = int(slices.min()), int(slices.max()) + 1
+            for k in range(slabs):
+                w0 = lo + (hi - lo - slab) * (2 * k + 1) // (2 * slabs)
+                step = SlabStep(model, subject.source, mask_p, w0, w0 + slab, atlas=atlas)
+                if len(step) == 0:
+                    continue
+                ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+                with ctx:
+                    pred = step.logits().argmax(1)
+                xyz = step.xyz
+                truth = subject.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
+                inter += torch.bincount(truth[pred == truth], minlength=L).double()
+                total += torch.bincount(truth, minlength=L).double() + torch.bincount(pred, minlength=L).double()
+    finally:
+        model.train(was_training)
+    present = total[1:] > 0
+    if not bool(present.any()):
+        return math.nan
+    return float((2 * inter[1:][present] / total[1:][present]).mean())

@@ -1,0 +1,141 @@
+"""Training: the dense-mode forward equals the patch form, steps reduce the loss, resume reproduces
+uninterrupted training, checkpoints are complete and broken ones give clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from spatialseg_fast import build_model, load_model
+from spatialseg_fast.datasets.atlas import build_atlas
+from spatialseg_fast.inference import prepare_source
+from spatialseg_fast.training.data import class_indices, prepare_subject
+from spatialseg_fast.training.dense import SlabStep
+from spatialseg_fast.training.loop import TrainOptions, poly_lr, train
+from spatialseg_fast.training.validation import slab_dice
+
+from test_segment import SPACING, patch_logits64, random_case
+
+VALUES = (0, 3, 8, 9)
+
+
+def toy_pair(seed, shape=(18, 20, 16)):
+    """A brain-like blob with 3 labelled regions whose intensities differ (learnable)."""
+    rng = np.random.default_rng(seed)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    c = (np.array(shape) - 1) / 2 + rng.normal(0, 0.5, 3)
+    r = (((idx - c) / (np.array(shape) * 0.4)) ** 2).sum(-1)
+    labels = np.select([r < 0.25, r < 0.6, r < 1], [3, 8, 9], 0).astype(np.uint8)
+    image = np.select([labels == 3, labels == 8, labels == 9], [1.0, 2.0, 3.0], 0.0)
+    image = (image + rng.normal(0, 0.1, shape) * (labels > 0)).astype(np.float32)
+    return image, labels
+
+
+def toy_model(preset="full", seed=0):
+    return build_model(preset, len(VALUES), seed=seed, label_values=VALUES, intensity_reference="brain_median")
+
+
+def toy_data(model, n=2):
+    pairs = [toy_pair(s) for s in range(n)]
+    subjects = [prepare_subject(model, img, lab, name=f"s{i}") for i, (img, lab) in enumerate(pairs)]
+    atlas = build_atlas([lab for _, lab in pairs], VALUES) if model.prob is not None else None
+    return subjects, atlas
+
+
+@pytest.mark.parametrize("preset", ["basenet", "full"])
+def test_dense_training_forward_equals_the_patch_form(preset):
+    model, volume, atlas = random_case(preset, seed=1)
+    source = prepare_source(model, volume, spacing=SPACING)
+    p = model.config.patch
+    mask_p = (volume != 0).permute((p.slice_axis, *p.in_plane_axes))
+    step = SlabStep(model, source, mask_p, 3, 7, atlas=atlas, chunk=97)  # chunks that do not divide the slab
+    got = step.logits()
+    pick = torch.randperm(len(step), generator=torch.Generator().manual_seed(0))[:40]
+    want = patch_logits64(model, volume, atlas, step.xyz[pick], SPACING)
+    scale = float(want.abs().max())
+    assert float((got[pick].double() - want).abs().max()) < 1e-5 * max(scale, 1.0)
+
+
+def test_chunked_backward_gives_the_unchunked_gradients():
+    model = toy_model()
+    subjects, atlas = toy_data(model, 1)
+    s = subjects[0]
+    grads = []
+    for chunk in (50, 100000):
+        model.zero_grad()
+        torch.manual_seed(0)
+        model.eval()  # no dropout: the same function either way
+        step = SlabStep(model, s.source, s.mask_p, 6, 10, atlas=atlas, chunk=chunk)
+        step.run(lambda logits, aux, xyz: torch.nn.functional.cross_entropy(
+            logits, s.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]], reduction="sum"))
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):  # float32 sums in another order: equal up to rounding
+        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()) + 1e-7
+
+
+@pytest.mark.parametrize("mode", ["dense", "patch"])
+def test_a_few_epochs_reduce_the_loss(mode, tmp_path):
+    model = toy_model("basenet+dist+prob" if mode == "patch" else "full")
+    subjects, atlas = toy_data(model)
+    options = TrainOptions(mode=mode, epochs=4, steps_per_epoch=4, slab=3, batch_size=32, lr=0.02, seed=1)
+    result = train(model, subjects, tmp_path, options, atlas=atlas, progress=False)
+    losses = [r.loss for r in result.history]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "best.safetensors").is_file()
+
+
+def test_resume_reproduces_uninterrupted_training(tmp_path):
+    options = TrainOptions(epochs=3, steps_per_epoch=2, slab=3, lr=0.02, seed=2)
+    full = toy_model()
+    subjects, atlas = toy_data(full)
+    train(full, subjects, tmp_path / "a", options, atlas=atlas, progress=False)
+    part = toy_model()
+    train(part, subjects, tmp_path / "b", options, atlas=atlas, progress=False, stop_after=1)
+    resumed = toy_model(seed=5)  # other initial weights: everything must come from the checkpoint
+    result = train(resumed, subjects, tmp_path / "b", options, atlas=atlas, progress=False, resume=True)
+    assert [r.epoch for r in result.history] == [0, 1, 2]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved = load_model(tmp_path / "b" / "last.safetensors")
+    assert saved.metadata["training"]["epoch"] == 2 and saved.config.label_values == VALUES
+    assert torch.equal(saved.atlas.index, atlas.index)
+
+
+def test_validation_picks_the_best_epoch(tmp_path):
+    model = toy_model()
+    subjects, atlas = toy_data(model)
+    dice = iter([0.5, 0.7, 0.6])
+    options = TrainOptions(epochs=3, steps_per_epoch=1, slab=2, lr=0.01)
+    result = train(model, subjects, tmp_path, options, atlas=atlas, progress=False, validate=lambda m: next(dice))
+    assert result.best_epoch == 1 and result.best_dice == 0.7
+    assert load_model(tmp_path / "best.safetensors").metadata["training"]["epoch"] == 1
+    d = slab_dice(model, subjects, atlas, slabs=2)
+    assert 0.0 <= d <= 1.0
+
+
+def test_broken_checkpoints_and_bad_options_give_clear_errors(tmp_path):
+    model = toy_model()
+    subjects, atlas = toy_data(model, 1)
+    options = TrainOptions(epochs=2, steps_per_epoch=1, slab=2)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(model, subjects, tmp_path, options, atlas=atlas, progress=False, resume=True)
+    train(model, subjects, tmp_path, options, atlas=atlas, progress=False, stop_after=1)
+    last = tmp_path / "last.safetensors"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match="not a readable spatialseg_fast model"):
+        train(model, subjects, tmp_path, options, atlas=atlas, progress=False, resume=True)
+    last.write_bytes(b"\x00" * 64)  # garbage
+    with pytest.raises(ValueError, match="model"):
+        load_model(last)
+    with pytest.raises(ValueError, match="atlas"):
+        train(model, subjects, tmp_path / "x", options, progress=False)
+    for bad in (dict(mode="sgd"), dict(epochs=0), dict(precision="fp8"), dict(lr=0)):
+        with pytest.raises(ValueError):
+            TrainOptions(**bad)
+
+
+def test_poly_schedule_and_label_mapping():
+    o = TrainOptions(lr=0.1, epochs=10)
+    assert poly_lr(o, 0) == 0.1 and poly_lr(o, 5) == pytest.approx(0.1 * 0.5**0.9)
+    assert class_indices(np.array([[0, 9], [3, 8]]), VALUES).tolist() == [[0, 3], [1, 2]]
+    with pytest.raises(ValueError, match="outside the model's label table"):
+        class_indices(np.array([4]), VALUES)
