@@ -191,6 +191,124 @@ def _cmd_evaluate(args) -> int:
     return 1 if failed else 0
 
 
+def _subject_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _inputs(patterns) -> list[Path]:
+    """Files, folders (their .nii/.nii.gz files) and glob patterns, in order, without repeats."""
+    import glob
+
+    from spatialseg_fast.volume import NIFTI_SUFFIXES
+
+    out = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(NIFTI_SUFFIXES))
+            if not found:
+                raise ValueError(f"{p}: no .nii or .nii.gz file in this folder")
+        elif any(ch in pattern for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(pattern))
+            if not found:
+                raise ValueError(f"{pattern}: no file matches")
+        else:
+            found = [p]  # a missing file is reported with the subject
+        out += [q for q in found if q not in out]
+    return out
+
+
+def _load_cli_model(path):
+    from spatialseg_fast.model import load_default_model, load_model
+
+    return load_model(path) if path else load_default_model()
+
+
+def _cmd_segment(args) -> int:
+    import csv
+    import os
+
+    import torch
+
+    from spatialseg_fast.pipeline import segment_file
+    from spatialseg_fast.qc import qc_picture
+    from spatialseg_fast.volume import save_volume
+
+    def fail(msg: str) -> int:
+        print(f"spatialseg segment: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        inputs = _inputs(args.inputs)
+        probabilities = [int(v) for v in args.probabilities.split(",")] if args.probabilities else None
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.mask and len(inputs) != 1:
+        return fail("--mask goes with a single input image")
+    if isinstance(args.qc, str) and len(inputs) != 1:
+        return fail("--qc PNG names the picture of a single input; with several, give --qc alone (one per subject in OUT)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return fail(f"--device {args.device} asked for, but CUDA is not available on this machine")
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return fail(f"cannot create the output folder {out} ({exc.strerror or exc})")
+    if not os.access(out, os.W_OK):
+        return fail(f"the output folder {out} is not writable")
+    try:
+        model = _load_cli_model(args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    if probabilities:
+        known = set(model.config.output_values())
+        bad = [v for v in probabilities if v not in known]
+        if bad:
+            return fail(f"--probabilities: {bad} are not labels of this model")
+    rows, failed, done = [], [], 0
+    for i, path in enumerate(inputs, 1):
+        stem = _subject_stem(path)
+        target = out / f"{stem}_labels.nii.gz"
+        if args.skip_existing and target.exists():
+            print(f"[{i}/{len(inputs)}] {stem}: {target} exists, skipped")
+            continue
+        try:
+            result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
+                                  precision=args.precision, threads=args.threads, probabilities=probabilities,
+                                  progress=not args.quiet)
+            if args.qc:
+                picture = Path(args.qc) if isinstance(args.qc, str) else out / f"{stem}_qc.png"
+                from spatialseg_fast.volume import load_volume, to_ras
+
+                img = to_ras(load_volume(path))
+                lab = to_ras(result.labels)
+                qc_picture(img.data, lab.data, img.spacing, picture, label_values=model.config.output_values())
+            for value, prob in result.probabilities.items():
+                save_volume(prob, out / f"{stem}_prob-{value}.nii.gz")
+            save_volume(result.labels, target)  # last: its presence means the subject is complete
+        except (ValueError, RuntimeError, OSError) as exc:
+            print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
+            failed.append(stem)
+            continue
+        done += 1
+        rows += [{"subject": stem, "label": v, "name": n, "volume_mm3": f"{mm3:.1f}"} for v, n, mm3 in result.volumes]
+        print(f"[{i}/{len(inputs)}] {stem}: {target.name} in {result.seconds:.1f} s "
+              f"({result.brain_voxels / result.seconds:,.0f} voxels/s)", flush=True)
+    if args.volumes and rows:
+        with open(args.volumes, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+    if failed:
+        print(f"spatialseg segment: {len(failed)} of {len(inputs)} subjects failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_train(args) -> int:
     from spatialseg_fast.training.loop import TrainOptions
     from spatialseg_fast.training.recipe import train_default, train_on_folders
@@ -265,6 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "default model's, when there is one)")
     ev.add_argument("--quiet", action="store_true", help="print only the summary lines")
     ev.set_defaults(func=_cmd_evaluate)
+
+    sg = sub.add_parser(
+        "segment",
+        help="segment skull-stripped T1 NIfTI images; labels come back on each input's own grid",
+        description="Segment skull-stripped T1 images (.nii/.nii.gz; files, folders or globs). Each input is "
+        "registered affinely to the model's template (unless --no-register: then it must already be in "
+        "template space, on any grid), resampled onto the template grid, segmented densely, and its labels are "
+        "mapped back onto the input's own grid and affine. Outputs in OUT: <name>_labels.nii.gz (written last, "
+        "atomically), and on request probability maps, a volumes table and QC pictures.",
+    )
+    sg.add_argument("inputs", nargs="+", metavar="IN", help="input images: files, folders or glob patterns")
+    sg.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    sg.add_argument("--model", help="model file (default: the shipped weights)")
+    sg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    sg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    sg.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: its non-zero voxels)")
+    sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")
+    sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
+    sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
+    sg.add_argument("--qc", nargs="?", const=True, metavar="PNG",
+                    help="QC picture (3 orthogonal slices, labels overlaid): to PNG for one input, else OUT/<name>_qc.png")
+    sg.add_argument("--skip-existing", action="store_true", help="skip subjects whose labels file already exists")
+    sg.add_argument("--quiet", action="store_true", help="no progress bars")
+    sg.set_defaults(func=_cmd_segment)
 
     tr = sub.add_parser(
         "train",

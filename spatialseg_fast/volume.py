@@ -123,3 +123,109 @@ def _gaussian(data, sigma_per_axis):
         flat = moved.reshape(-1, 1, moved.shape[-1])
         out = F.conv1d(F.pad(flat, (r, r)), k).reshape(moved.shape).movedim(-1, axis)
     return out
+
+
+def _read_nifti(path):
+    """(data as a numpy array, affine, header) of a NIfTI file, or ValueError with a one-line reason."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+    try:
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ValueError("not a NIfTI-1/2 image")
+        data = np.asanyarray(img.dataobj)  # reads (and decompresses) everything: truncation shows here
+        affine, header = img.affine, img.header
+    except ValueError as exc:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({exc})") from None
+    except Exception as exc:  # nibabel, gzip and numpy raise many types for broken files
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
+    return data, affine, header
+
+
+def load_volume(path, kind: str = "intensity") -> Volume:
+    """A 3D image from .nii/.nii.gz (a 4D one with a single volume is accepted), affine and
+    header kept, in the file's own orientation. kind="intensity": float32, finite, not all zero;
+    kind="label"/"mask": integers. ValueError with a one-line reason otherwise."""
+    data, affine, header = _read_nifti(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D image; got {data.ndim}D with shape {tuple(data.shape)}")
+    if min(data.shape) < 1:
+        raise ValueError(f"{path}: the image is empty (shape {tuple(data.shape)})")
+    if not np.all(np.isfinite(np.linalg.det(affine[:3, :3]))) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ValueError(f"{path}: the header's affine is singular or not finite")
+    if kind == "intensity":
+        if data.dtype.kind not in "iufb":
+            raise ValueError(f"{path}: data type {data.dtype} is not an image type")
+        data = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(data)):
+            raise ValueError(f"{path}: contains NaN or infinite voxels")
+        if not np.any(data):
+            raise ValueError(f"{path}: every voxel is zero")
+    else:
+        if data.dtype.kind == "f":
+            if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+                raise ValueError(f"{path}: holds non-integer values, not a {kind}")
+            data = data.astype(np.int64)
+        elif data.dtype.kind not in "iub":
+            raise ValueError(f"{path}: data type {data.dtype} is not a {kind} type")
+    return Volume(np.ascontiguousarray(data), affine, header)
+
+
+def to_ras(volume: Volume) -> Volume:
+    """The same image with its array axes reordered/flipped to (closest) RAS+ orientation."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume.data), volume.affine))
+    return Volume(np.ascontiguousarray(np.asanyarray(img.dataobj)), img.affine, volume.header)
+
+
+def save_volume(volume: Volume, path, dtype=None) -> None:
+    """Write a NIfTI file atomically: a temporary file in the same folder renamed into place, so a
+    crash never leaves a half-written output. The source header (if any) is kept, with the data
+    type set from the data (or `dtype`)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+
+    path = Path(path)
+    data = np.asarray(volume.data)
+    if dtype is not None:
+        data = data.astype(dtype)
+    if data.dtype == np.float16:  # NIfTI has no half type: the values are kept exactly in float32
+        data = data.astype(np.float32)
+    header = volume.header.copy() if isinstance(volume.header, nib.Nifti1Header) else None
+    img = nib.Nifti1Image(data, volume.affine, header)
+    img.set_data_dtype(data.dtype)
+    img.header.set_slope_inter(1, 0)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp" + suffix)
+    except OSError as exc:
+        raise ValueError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
+    os.close(fd)
+    try:
+        try:
+            nib.save(img, tmp)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

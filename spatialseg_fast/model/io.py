@@ -12,6 +12,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
@@ -21,6 +22,7 @@ FORMAT = "spatialseg_fast.model"
 FORMAT_VERSION = 1
 ATLAS_KEY = "__atlas__"
 SPARSE_ATLAS_KEY = "__atlas_sparse__"  # zlib bytes of a SparseAtlas; its shape in the metadata
+TEMPLATE_KEY = "__template__"  # the template T1 (coarse grid) that inputs are registered to
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -31,11 +33,12 @@ EXTRA_PREFIX = "__extra__."  # tensors that travel with a model but are not weig
 
 
 def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None, metadata: dict | None = None, dtype=None,
-               extra_tensors: dict | None = None) -> Path:
+               extra_tensors: dict | None = None, template=None) -> Path:
     """Write weights (+ optional atlas: [L, D, H, W] tensor or SparseAtlas) and configuration to
     `path` atomically (a temporary file renamed into place, so a crash never leaves a half-written
     model). dtype: store the weights in this dtype (e.g. torch.float16 to halve the file).
-    extra_tensors: more named tensors stored beside them (read back by :func:`load_extra_tensors`)."""
+    extra_tensors: more named tensors stored beside them (read back by :func:`load_extra_tensors`).
+    template: a Volume, the T1 template inputs are registered to (default: the model's own)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -50,6 +53,10 @@ def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None,
         "config": json.dumps(model.config.to_dict()),
         "extra": json.dumps(metadata or {}),
     }
+    template = template if template is not None else getattr(model, "template", None)
+    if template is not None:
+        tensors[TEMPLATE_KEY] = torch.as_tensor(template.data).to(torch.float16).contiguous()
+        meta["template_affine"] = json.dumps(template.affine.tolist())
     for name, t in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + name] = t.detach().cpu().contiguous()
     if isinstance(atlas, SparseAtlas):
@@ -90,6 +97,11 @@ def load_model(path, device="cpu") -> SpatialSegNet:
         atlas = tensors.pop(ATLAS_KEY, None)
         for key in [k for k in tensors if k.startswith(EXTRA_PREFIX)]:
             del tensors[key]
+        template = tensors.pop(TEMPLATE_KEY, None)
+        if template is not None:
+            from ..volume import Volume
+
+            template = Volume(template.float().numpy(), np.asarray(extra.pop("__template_affine__")))
         if SPARSE_ATLAS_KEY in tensors:
             atlas = SparseAtlas.from_bytes(tensors.pop(SPARSE_ATLAS_KEY).numpy(), extra.pop("__atlas__"))
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, zlib.error) as exc:
@@ -100,6 +112,7 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     except RuntimeError as exc:
         raise ValueError(f"{path}: the weights do not match the stored configuration ({exc})") from None
     model.atlas = atlas
+    model.template = template
     model.metadata = extra
     return model.to(device).eval()
 
@@ -140,6 +153,8 @@ def read_config(path) -> tuple[ModelConfig, dict]:
         extra = json.loads(meta.get("extra", "{}"))
         if "atlas" in meta:
             extra["__atlas__"] = json.loads(meta["atlas"])
+        if "template_affine" in meta:
+            extra["__template_affine__"] = json.loads(meta["template_affine"])
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{path} has an unreadable model configuration ({exc})") from None
     return config, extra
@@ -160,3 +175,11 @@ def load_default_model(device="cpu") -> SpatialSegNet:
             "or train one with `spatialseg train` (see the README)."
         )
     return load_model(path, device)
+
+
+def export_model(src, dst, dtype=torch.float16, template=None) -> Path:
+    """A checkpoint as a model to ship: weights in `dtype`, atlas and metadata (training history
+    included, as the model card) kept, optimizer state dropped; `template` (a Volume) added."""
+    model = load_model(src)
+    return save_model(model, dst, atlas=model.atlas, metadata=dict(model.metadata), dtype=dtype,
+                      template=template if template is not None else model.template)

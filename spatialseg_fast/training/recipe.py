@@ -16,11 +16,25 @@ LICENSE_NOTE = ("trained on pseudo-subjects made from the CAT12 T1 template and 
                 "(CC BY-NC 4.0: research use only)")
 
 
+TEMPLATE_STEP_MM = 2.0  # the registration template's voxel size (registration runs at 4 and 2 mm)
+
+
+def template_volume(image: np.ndarray, affine: np.ndarray):
+    """The registration template stored with a model: `image` on a 2 mm grid."""
+    from ..registration import _downsample
+    from ..volume import Volume
+
+    return _downsample(Volume(np.asarray(image, dtype=np.float32), affine), TEMPLATE_STEP_MM)
+
+
 def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
-         val_slabs):
+         val_slabs, template_image=None):
     from ..datasets.atlas import build_atlas
 
     values = model.config.output_values()
+    if template_image is None:  # the mean training image stands in for a template
+        template_image = np.mean([img for img, _, _ in train_pairs], axis=0)
+    model.template = template_volume(template_image, grid[1])
     atlas = build_atlas([lab for _, lab, _ in train_pairs], values) if model.prob is not None else None
     if progress:
         print(f"preparing {len(train_pairs)} training and {len(val_pairs)} validation subjects", flush=True)
@@ -58,7 +72,7 @@ def train_default(out_dir, options: TrainOptions | None = None, *, preset: str =
     return _run(model, [(s.image, s.labels, s.name) for s in train_set], [(s.image, s.labels, s.name) for s in val_set],
                 out_dir, options, grid=grid, spacing=spacing,
                 metadata={"data": f"cohort seed {seed}", "license": LICENSE_NOTE}, resume=resume, progress=progress,
-                stop_after=stop_after, val_slabs=val_slabs)
+                stop_after=stop_after, val_slabs=val_slabs, template_image=base.image)
 
 
 def train_on_folders(images, labels, out_dir, options: TrainOptions | None = None, *, preset: str = "full",

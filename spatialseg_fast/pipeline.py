@@ -1,0 +1,106 @@
+"""The NIfTI pipeline: any skull-stripped T1 on its own grid in, labels on that same grid out.
+
+load (3D, or 4D with one volume) -> affine registration to the model's template (or none with
+``register=False``: the input is then taken to be in template space already, any grid and
+orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
+voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
+input's own grid and affine (nearest neighbour), header kept -> optional probability maps (float16,
+trilinear), a volumes table (mm^3 per structure) and a QC picture.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .inference import segment
+from .model.network import SpatialSegNet
+from .registration import register_affine, to_subject, to_template
+from .volume import Volume, load_volume
+
+
+@dataclass
+class SegmentationResult:
+    labels: Volume
+    """Label values on the input's grid, with its affine and header."""
+    probabilities: dict = field(default_factory=dict)
+    """{label value: float16 Volume on the input's grid} for the labels asked for."""
+    volumes: list = field(default_factory=list)
+    """[(label value, name, mm^3)] for every structure of the model (background excluded)."""
+    transform: np.ndarray = field(default_factory=lambda: np.eye(4))
+    """Template world -> input world (identity without registration)."""
+    seconds: float = 0.0
+    brain_voxels: int = 0
+
+
+def template_grid_of(model: SpatialSegNet) -> tuple[tuple, np.ndarray]:
+    grid = getattr(model, "metadata", {}).get("template")
+    if not grid:
+        raise ValueError("this model does not record its template grid (train it with `spatialseg train`); "
+                         "segment arrays on its grid with spatialseg_fast.segment() instead")
+    return tuple(int(n) for n in grid["shape"]), np.asarray(grid["affine"], dtype=np.float64)
+
+
+def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
+    if tuple(mask.shape) != tuple(image.shape) or not np.allclose(mask.affine, image.affine, atol=1e-3):
+        raise ValueError(f"{where} is on another grid than the image (shape {tuple(mask.shape)} vs {tuple(image.shape)}, "
+                         "or different affines): give a mask on the image's own grid")
+    m = np.asarray(mask.data) != 0
+    if not m.any():
+        raise ValueError(f"{where} is empty: it selects no voxel")
+    return m
+
+
+def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
+                   precision: str = "fp32", threads=None, probabilities=None, progress: bool = False) -> SegmentationResult:
+    """Segment a skull-stripped T1 `image` (a Volume on any grid) with `model`; see the module doc."""
+    t0 = time.perf_counter()
+    shape, affine = template_grid_of(model)
+    data = np.asarray(image.data, dtype=np.float32)
+    mask_in = check_mask(mask, image) if mask is not None else data != 0
+    if not mask_in.any():
+        raise ValueError("the image has no non-zero voxel: nothing to segment")
+    if register:
+        template = getattr(model, "template", None)
+        if template is None:
+            raise ValueError("this model carries no registration template: use register=False (--no-register) "
+                             "with inputs already in its template space")
+        transform = register_affine(Volume(np.where(mask_in, data, 0.0), image.affine), template)
+    else:
+        transform = np.eye(4)
+    moved = to_template(Volume(data, image.affine), shape, affine, transform).data
+    brain = to_template(Volume(mask_in.astype(np.uint8), image.affine), shape, affine, transform, kind="label").data > 0
+    brain &= moved != 0
+    if not brain.any():
+        raise ValueError("after resampling onto the template grid no brain voxel is left: is the image skull-stripped "
+                         "and in a plausible position (or is --no-register wrong for it)?")
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    wanted = None if not probabilities else [int(v) for v in probabilities]
+    out = segment(moved, model, mask=brain, spacing=spacing, device=device, precision=precision, threads=threads,
+                  return_probabilities=wanted, progress=progress)
+    labels_t, probs_t = out if wanted else (out, None)
+    back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label")
+    labels = Volume(back.data.astype(np.asarray(labels_t).dtype), image.affine, image.header)
+    probs = {}
+    if wanted:
+        p = probs_t.numpy() if isinstance(probs_t, torch.Tensor) else np.asarray(probs_t)
+        for value, plane in zip(wanted, p):
+            moved_p = to_subject(Volume(plane.astype(np.float32), affine), image.shape, image.affine, transform,
+                                 kind="intensity")
+            probs[value] = Volume(np.clip(moved_p.data, 0, 1).astype(np.float16), image.affine, image.header)
+    voxel_mm3 = float(abs(np.linalg.det(image.affine[:3, :3])))
+    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64), minlength=max(model.config.output_values()) + 1)
+    names = model.config.label_table()
+    volumes = [(v, names.get(v, str(v)), float(counts[v]) * voxel_mm3) for v in model.config.output_values() if v != 0]
+    return SegmentationResult(labels=labels, probabilities=probs, volumes=volumes, transform=transform,
+                              seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()))
+
+
+def segment_file(path, model: SpatialSegNet, *, mask_path=None, **kwargs) -> SegmentationResult:
+    image = load_volume(path)
+    mask = load_volume(mask_path, kind="mask") if mask_path is not None else None
+    if mask is not None:
+        check_mask(mask, image, f"mask {mask_path}")
+    return segment_volume(image, model, mask=mask, **kwargs)
