@@ -1,0 +1,245 @@
+"""The NIfTI pipeline and `spatialseg segment`: orientation and grid round trips, registration,
+outputs, and every bad input giving a one-line error with nothing half-written."""
+import gzip
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from spatialseg_fast import build_model, save_model
+from spatialseg_fast.cli import main
+from spatialseg_fast.datasets.atlas import build_atlas
+from spatialseg_fast.model import load_model
+from spatialseg_fast.pipeline import segment_volume
+from spatialseg_fast.registration import register_affine
+from spatialseg_fast.training.recipe import template_volume
+from spatialseg_fast.volume import Volume, load_volume, resample
+
+nib = pytest.importorskip("nibabel")
+
+SHAPE = (30, 34, 28)
+VALUES = (0, 2, 5, 7)
+
+
+def phantom(shape=SHAPE):
+    """(image, labels): an ellipsoid brain with a core, a shell and an off-centre blob."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    c = (np.array(shape) - 1) / 2
+    r = (((idx - c) / (np.array(shape) * 0.4)) ** 2).sum(-1)
+    blob = ((idx - c - [5, 4, 0]) ** 2).sum(-1) < 16
+    labels = np.select([blob & (r < 1), r < 0.4, r < 1], [7, 2, 5], 0)
+    image = np.select([labels == 7, labels == 2, labels == 5], [2.2, 1.6, 1.0], 0.0) + 0.05 * np.sin(idx[..., 0])
+    return (image * (labels > 0)).astype(np.float32), labels.astype(np.uint8)
+
+
+def grid_affine():
+    a = np.eye(4)
+    a[:3, 3] = [-15, -17, -14]
+    return a
+
+
+@pytest.fixture(scope="module")
+def toy_model_path(tmp_path_factory):
+    image, labels = phantom()
+    model = build_model("basenet+dist+prob", len(VALUES), seed=0, label_values=VALUES, label_names=("background", "core", "shell", "blob"),
+                        intensity_reference="brain_median")
+    model.atlas = build_atlas([labels], VALUES)
+    model.template = template_volume(image, grid_affine())
+    path = tmp_path_factory.mktemp("model") / "toy.safetensors"
+    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
+    return path
+
+
+def write(path, data, affine):
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
+# -- geometry ---------------------------------------------------------------------------------
+def test_las_subject_comes_back_on_its_own_grid(toy_model_path):
+    model = load_model(toy_model_path)
+    image, _ = phantom()
+    ras = Volume(image, grid_affine())
+    las_affine = grid_affine()
+    las_affine[0, 0], las_affine[0, 3] = -1, -15 + SHAPE[0] - 1
+    las = Volume(image[::-1].copy(), las_affine)
+    a = segment_volume(ras, model, register=False)
+    b = segment_volume(las, model, register=False)
+    assert np.array_equal(b.labels.affine, las_affine) and b.labels.shape == SHAPE
+    assert np.array_equal(np.asarray(b.labels.data), np.asarray(a.labels.data)[::-1])
+
+
+def test_oblique_anisotropic_subject_round_trip(toy_model_path):
+    model = load_model(toy_model_path)
+    image, _ = phantom()
+    template = Volume(image, grid_affine())
+    direct = np.asarray(segment_volume(template, model, register=False).labels.data)
+    # the same anatomy scanned on an oblique grid with 1.3 x 0.9 x 1.6 mm voxels
+    angle = np.deg2rad(15)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    oblique = np.eye(4)
+    oblique[:3, :3] = rot @ np.diag([1.3, 0.9, 1.6])
+    oblique[:3, 3] = [-17, -18, -13]
+    shape = (27, 40, 19)
+    subject = resample(template, shape, oblique)
+    result = segment_volume(subject, model, register=False)
+    assert result.labels.shape == shape and np.array_equal(result.labels.affine, oblique)
+    expected = resample(Volume(direct, grid_affine()), shape, oblique, kind="label").data
+    inside = (np.asarray(subject.data) > 0) & (expected > 0)
+    assert (np.asarray(result.labels.data)[inside] == expected[inside]).mean() > 0.85
+
+
+def test_registration_recovers_a_known_affine():
+    image, _ = phantom((36, 40, 34))
+    fixed = Volume(image, np.eye(4))
+    angle = np.deg2rad(8)
+    truth = np.eye(4)
+    truth[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) * 1.05
+    truth[:3, 3] = [2.0, -3.0, 1.5]
+    # the subject: the template moved by `truth` (subject world = truth(template world))
+    moving = resample(Volume(image, truth), (40, 44, 38), np.eye(4) @ np.diag([1, 1, 1, 1.0]) + np.array(
+        [[0, 0, 0, -2], [0, 0, 0, -2], [0, 0, 0, -2], [0, 0, 0, 0]]))
+    found = register_affine(moving, fixed, levels=(2.0, 1.0), iterations=(150, 100))
+    pts = np.argwhere(image > 0).astype(float)
+    pts = np.c_[pts, np.ones(len(pts))]
+    err = np.linalg.norm((pts @ found.T - pts @ truth.T)[:, :3], axis=1)
+    assert err.mean() < 1.0
+
+
+# -- the command line -------------------------------------------------------------------------
+def run_segment(tmp_path, model, *inputs, extra=()):
+    return main(["segment", *map(str, inputs), "-o", str(tmp_path / "out"), "--model", str(model), "--no-register",
+                 "--quiet", *extra])
+
+
+def test_outputs_volumes_qc_and_skip_existing(tmp_path, toy_model_path, capsys):
+    image, _ = phantom()
+    src = write(tmp_path / "sub-01_T1w.nii.gz", image, grid_affine())
+    code = run_segment(tmp_path, toy_model_path, src,
+                       extra=("--volumes", str(tmp_path / "vol.csv"), "--qc", "--probabilities", "2,7"))
+    assert code == 0
+    out = tmp_path / "out"
+    labels = nib.load(str(out / "sub-01_T1w_labels.nii.gz"))
+    data = np.asanyarray(labels.dataobj)
+    assert data.shape == SHAPE and np.allclose(labels.affine, grid_affine()) and set(np.unique(data)) <= set(VALUES)
+    assert not (data[image == 0] != 0).any()  # nothing outside the brain mask
+    rows = [line.split(",") for line in (tmp_path / "vol.csv").read_text().strip().splitlines()[1:]]
+    assert sum(float(r[3]) for r in rows) == pytest.approx(float((data != 0).sum()))  # 1 mm^3 voxels
+    assert {r[2] for r in rows} == {"core", "shell", "blob"}
+    png = (out / "sub-01_T1w_qc.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 500
+    prob = np.asanyarray(nib.load(str(out / "sub-01_T1w_prob-7.nii.gz")).dataobj)
+    assert prob.shape == SHAPE and 0 <= prob.min() and prob.max() <= 1
+    capsys.readouterr()
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--skip-existing",)) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_batch_continues_past_a_failing_subject(tmp_path, toy_model_path, capsys):
+    image, _ = phantom()
+    good = write(tmp_path / "a.nii.gz", image, grid_affine())
+    bad = write(tmp_path / "b.nii.gz", np.zeros(SHAPE, np.float32), grid_affine())
+    assert run_segment(tmp_path, toy_model_path, good, bad) == 1
+    err = capsys.readouterr().err
+    assert "b: error:" in err and "every voxel is zero" in err and "1 of 2 subjects failed" in err
+    assert (tmp_path / "out" / "a_labels.nii.gz").is_file() and not (tmp_path / "out" / "b_labels.nii.gz").exists()
+
+
+def bad_inputs(tmp_path):
+    image, _ = phantom()
+    a = grid_affine()
+    cases = {
+        "missing": (tmp_path / "nope.nii.gz", "no such file"),
+        "not nifti": (tmp_path / "notes.txt", "not a NIfTI file"),
+        "garbage": (tmp_path / "garbage.nii", "cannot be read as NIfTI"),
+        "truncated": (tmp_path / "cut.nii.gz", "cannot be read as NIfTI"),
+        "2d": (write(tmp_path / "flat.nii.gz", image[:, :, 10], a), "expected a 3D image"),
+        "5d": (write(tmp_path / "five.nii.gz", image[..., None, None].repeat(2, 3), a), "expected a 3D image"),
+        "nan": (tmp_path / "nan.nii.gz", "NaN or infinite"),
+        "zero": (write(tmp_path / "zero.nii.gz", np.zeros(SHAPE, np.float32), a), "every voxel is zero"),
+    }
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "garbage.nii").write_bytes(b"\x00" * 400)
+    whole = gzip.compress(nib.Nifti1Image(image, a).to_bytes())
+    (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    nan = image.copy()
+    nan[3, 3, 3] = np.nan
+    write(tmp_path / "nan.nii.gz", nan, a)
+    return cases
+
+
+@pytest.mark.parametrize("case", ["missing", "not nifti", "garbage", "truncated", "2d", "5d", "nan", "zero"])
+def test_bad_images_give_one_line_errors(tmp_path, toy_model_path, capsys, case):
+    path, message = bad_inputs(tmp_path)[case]
+    assert run_segment(tmp_path, toy_model_path, path) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(message in line for line in err) and not any("Traceback" in line for line in err)
+    assert not list((tmp_path / "out").glob("*labels*"))
+
+
+def test_bad_masks_models_outputs_and_devices(tmp_path, toy_model_path, capsys, monkeypatch):
+    image, _ = phantom()
+    src = write(tmp_path / "s.nii.gz", image, grid_affine())
+    empty = write(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.uint8), grid_affine())
+    other = write(tmp_path / "other.nii.gz", np.ones((10, 10, 10), np.uint8), grid_affine())
+    for mask, message in ((empty, "is empty"), (other, "on another grid")):
+        assert run_segment(tmp_path, toy_model_path, src, extra=("--mask", str(mask))) == 1
+        assert message in capsys.readouterr().err
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(toy_model_path.read_bytes()[:1000])
+    assert run_segment(tmp_path, broken, src) == 2
+    assert "not a readable spatialseg_fast model" in capsys.readouterr().err
+    from spatialseg_fast.model import io
+
+    model = load_model(toy_model_path)
+    monkeypatch.setattr(io, "FORMAT_VERSION", 99)
+    future = tmp_path / "future.safetensors"
+    save_model(model, future, metadata=model.metadata)
+    monkeypatch.undo()
+    assert run_segment(tmp_path, future, src) == 2
+    assert "format version '99'" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(["segment", str(src), "-o", str(locked / "out"), "--model", str(toy_model_path), "--quiet"])
+        import os
+
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+            pytest.skip("cannot make a folder unwritable as this user")
+        assert code == 2 and "output folder" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_cuda_asked_without_cuda(tmp_path, toy_model_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image, _ = phantom()
+    src = write(tmp_path / "s.nii.gz", image, grid_affine())
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--device", "cuda")) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+# -- loader fuzz ------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=5),
+       dtype=st.sampled_from(["uint8", "int16", "float32", "float64", "int32"]),
+       fill=st.sampled_from([0.0, 1.0, np.nan, np.inf, -3.0]),
+       scale=st.sampled_from([1.0, 0.0, -2.0, np.nan, 1e-12]))
+def test_loader_fuzz_only_raises_value_errors(tmp_path_factory, shape, dtype, fill, scale):
+    path = tmp_path_factory.mktemp("fuzz") / "x.nii.gz"
+    data = np.full(shape, 0 if np.dtype(dtype).kind in "iu" and not np.isfinite(fill) else fill).astype(dtype)
+    affine = np.diag([scale, 1.0, 1.0, 1.0])
+    try:
+        nib.save(nib.Nifti1Image(data, affine), str(path))
+    except Exception:  # nibabel refuses to write some of these: nothing to load
+        return
+    try:
+        v = load_volume(path)
+    except ValueError as exc:
+        assert str(exc).startswith(str(path))
+        return
+    assert v.data.ndim == 3 and v.data.dtype == np.float32 and np.isfinite(v.data).all() and v.data.any()
