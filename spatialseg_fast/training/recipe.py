@@ -118,3 +118,18 @@ def train_on_folders(images, labels, out_dir, options: TrainOptions | None = Non
     return _run(model, pairs[: len(pairs) - n_val], pairs[len(pairs) - n_val :], out_dir, options, grid=grid,
                 spacing=spacing, metadata={"data": f"{images} + {labels}"}, resume=resume, progress=progress,
                 stop_after=stop_after, val_slabs=val_slabs)
+
+
+def export_default(checkpoint, dst=None):
+    """A trained checkpoint of the default recipe as the shipped model: float16 weights, the sparse
+    atlas, the 2 mm CAT12 registration template, the training record as model card; written to
+    `dst` (default: the package's weights/default.safetensors)."""
+    import torch
+
+    from ..datasets import load_source, template_grid
+    from ..model.io import export_model
+
+    if dst is None:
+        dst = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
+    template = template_volume(load_source("cat12").image, template_grid()[1])
+    return export_model(checkpoint, dst, dtype=torch.float16, template=template)
