@@ -198,18 +198,17 @@ def test_bad_masks_models_outputs_and_devices(tmp_path, toy_model_path, capsys, 
     monkeypatch.undo()
     assert run_segment(tmp_path, future, src) == 2
     assert "format version '99'" in capsys.readouterr().err
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        code = main(["segment", str(src), "-o", str(locked / "out"), "--model", str(toy_model_path), "--quiet"])
-        import os
+    # an output "folder" that is a file, and one the user may not write to (simulated: tests may run as root)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["segment", str(src), "-o", str(blocker), "--model", str(toy_model_path), "--quiet"]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+    import os
 
-        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
-            pytest.skip("cannot make a folder unwritable as this user")
-        assert code == 2 and "output folder" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o700)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("ro") else real_access(p, mode))
+    assert main(["segment", str(src), "-o", str(tmp_path / "ro"), "--model", str(toy_model_path), "--quiet"]) == 2
+    assert "is not writable" in capsys.readouterr().err
 
 
 def test_cuda_asked_without_cuda(tmp_path, toy_model_path, capsys):
