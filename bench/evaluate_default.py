@@ -31,9 +31,21 @@ def score(model, subject, precision: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
     pred = segment(subject.image, model, precision=precision)
     seconds = time.perf_counter() - t0
+    return metrics_of(model, pred, subject.labels), seconds
+
+
+def metrics_of(model, pred, truth) -> dict:
     values = [v for v in model.config.output_values() if v != 0]
-    table = evaluate(pred, subject.labels, spacing=(1.0, 1.0, 1.0), labels=values, metrics=METRICS)
-    return {m: table.column(m) for m in METRICS}, seconds
+    table = evaluate(pred, truth, spacing=(1.0, 1.0, 1.0), labels=values, metrics=METRICS)
+    return {m: table.column(m) for m in METRICS}
+
+
+def atlas_only(model, subject) -> np.ndarray:
+    """The baseline without any image information: each brain voxel gets the atlas's most
+    frequent class (the model's own atlas, built from the training labels)."""
+    values = np.asarray(model.config.output_values())
+    top = values[model.atlas.index[0].numpy().astype(np.int64)]
+    return np.where(subject.image != 0, top, 0).astype(np.uint8)
 
 
 def summarise(name: str, rows: list[dict], seconds: list[float]) -> str:
@@ -58,15 +70,17 @@ def main(argv=None) -> None:
     test = paper_split("test", args.seed)[: args.test]
     icbm = load_source("icbm2009c")
     for title, subjects in (("CAT12 test pseudo-subjects", test), ("ICBM 2009c (held-out template)", [icbm])):
-        rows, seconds = [], []
+        rows, seconds, baseline = [], [], []
         for s in subjects:
             r, dt = score(model, s, args.precision)
             rows.append(r)
             seconds.append(dt)
+            baseline.append(metrics_of(model, atlas_only(model, s), s.labels))
             print(f"  {s.name}: Dice {np.nanmean(r['dice']):.4f}  HD {np.nanmean(r['hausdorff'][np.isfinite(r['hausdorff'])]):.2f}"
                   f"  MSD {np.nanmean(r['msd'][np.isfinite(r['msd'])]):.3f}  ({dt:.1f} s)", flush=True)
         sets[title] = rows
         print(summarise(title, rows, seconds), flush=True)
+        print(summarise("  atlas only (no image)", baseline, [0.0]), flush=True)
     if args.per_structure:
         with open(args.per_structure, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")

@@ -316,34 +316,84 @@ def _load_cli_model(path):
     return load_model(path) if path else load_default_model()
 
 
-def _cmd_segment(args) -> int:
-    import csv
+def _writable_file(path, what: str) -> None:
+    """ValueError unless `path` can be created: its folder exists and is writable."""
     import os
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{what} {path}: the folder {folder} is not writable")
+
+
+def _check_device(device: str, threads) -> None:
+    import re
 
     import torch
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} asked for, but CUDA is not available on this machine")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {threads}")
+
+
+def _volume_rows(stem: str, labels, model) -> list[dict]:
+    import numpy as np
+
+    voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
+    values = model.config.output_values()
+    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64), minlength=max(values) + 1)
+    names = model.config.label_table()
+    return [{"subject": stem, "label": v, "name": names.get(v, str(v)), "volume_mm3": f"{counts[v] * voxel_mm3:.1f}"}
+            for v in values if v != 0]
+
+
+def _cmd_segment(args) -> int:
+    import os
+
     from spatialseg_fast.pipeline import segment_file
     from spatialseg_fast.qc import qc_picture
-    from spatialseg_fast.volume import save_volume
+    from spatialseg_fast.volume import load_label_map, load_volume, save_volume, to_ras
 
     def fail(msg: str) -> int:
         print(f"spatialseg segment: error: {msg}", file=sys.stderr)
         return 2
 
+    out = Path(args.output)
     try:
         inputs = _inputs(args.inputs)
         probabilities = [int(v) for v in args.probabilities.split(",")] if args.probabilities else None
+        stems = [_subject_stem(p) for p in inputs]
+        repeated = sorted({x for x in stems if stems.count(x) > 1})
+        if repeated:
+            raise ValueError(f"several inputs would write the same output name ({', '.join(repeated)}); "
+                             "rename them or run them into separate output folders")
+        if args.mask and len(inputs) != 1:
+            raise ValueError("--mask goes with a single input image")
+        qc_file = None
+        if args.qc:
+            if args.qc.lower().endswith(".png"):
+                if len(inputs) != 1:
+                    raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
+                _writable_file(args.qc, "--qc")
+                qc_file = Path(args.qc)
+            elif Path(args.qc).exists() and not Path(args.qc).is_dir():
+                raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
+        _check_device(args.device, args.threads)
+        if args.volumes and Path(args.volumes).resolve().parent != out.resolve():  # OUT is created below
+            _writable_file(args.volumes, "--volumes")
     except ValueError as exc:
         return fail(str(exc))
-    if args.mask and len(inputs) != 1:
-        return fail("--mask goes with a single input image")
-    if isinstance(args.qc, str) and len(inputs) != 1:
-        return fail("--qc PNG names the picture of a single input; with several, give --qc alone (one per subject in OUT)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        return fail(f"--device {args.device} asked for, but CUDA is not available on this machine")
-    out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if args.qc and qc_file is None:
+            Path(args.qc).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return fail(f"cannot create the output folder {out} ({exc.strerror or exc})")
     if not os.access(out, os.W_OK):
@@ -357,24 +407,23 @@ def _cmd_segment(args) -> int:
         bad = [v for v in probabilities if v not in known]
         if bad:
             return fail(f"--probabilities: {bad} are not labels of this model")
-    rows, failed, done = [], [], 0
-    for i, path in enumerate(inputs, 1):
-        stem = _subject_stem(path)
+    rows, failed = [], []
+    for i, (path, stem) in enumerate(zip(inputs, stems), 1):
         target = out / f"{stem}_labels.nii.gz"
-        if args.skip_existing and target.exists():
-            print(f"[{i}/{len(inputs)}] {stem}: {target} exists, skipped")
-            continue
         try:
+            if args.skip_existing and target.exists():
+                print(f"[{i}/{len(inputs)}] {stem}: {target} exists, skipped")
+                if args.volumes:  # the table still lists every subject
+                    rows += _volume_rows(stem, load_label_map(target), model)
+                continue
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
                                   progress=not args.quiet)
             if args.qc:
-                picture = Path(args.qc) if isinstance(args.qc, str) else out / f"{stem}_qc.png"
-                from spatialseg_fast.volume import load_volume, to_ras
-
+                picture = qc_file or Path(args.qc) / f"{stem}_qc.png"
                 img = to_ras(load_volume(path))
-                lab = to_ras(result.labels)
-                qc_picture(img.data, lab.data, img.spacing, picture, label_values=model.config.output_values())
+                qc_picture(img.data, to_ras(result.labels).data, img.spacing, picture,
+                           label_values=model.config.output_values())
             for value, prob in result.probabilities.items():
                 save_volume(prob, out / f"{stem}_prob-{value}.nii.gz")
             save_volume(result.labels, target)  # last: its presence means the subject is complete
@@ -382,31 +431,48 @@ def _cmd_segment(args) -> int:
             print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
             failed.append(stem)
             continue
-        done += 1
-        rows += [{"subject": stem, "label": v, "name": n, "volume_mm3": f"{mm3:.1f}"} for v, n, mm3 in result.volumes]
+        rows += _volume_rows(stem, result.labels, model)
         print(f"[{i}/{len(inputs)}] {stem}: {target.name} in {result.seconds:.1f} s "
               f"({result.brain_voxels / result.seconds:,.0f} voxels/s)", flush=True)
     if args.volumes and rows:
-        with open(args.volumes, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
+        from spatialseg_fast.model.io import atomic_text
+
+        atomic_text(args.volumes, _csv_text(rows))
     if failed:
         print(f"spatialseg segment: {len(failed)} of {len(inputs)} subjects failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
+def _csv_text(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def _cmd_train(args) -> int:
-    from spatialseg_fast.training.loop import TrainOptions
+    from spatialseg_fast.training.loop import TrainOptions, saved_options
     from spatialseg_fast.training.recipe import train_default, train_on_folders
 
     try:
-        options = TrainOptions(mode=args.mode, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, slab=args.slab,
-                               batch_size=args.batch_size, lr=args.lr, precision=args.precision, seed=args.seed)
+        if args.resume:  # the run's own options, whatever the other flags say
+            options = saved_options(args.out)
+            print(f"resuming {args.out} with its saved options ({options.mode} mode, {options.epochs} epochs, "
+                  f"lr {options.lr}, {options.precision}, seed {options.seed})", flush=True)
+        else:
+            options = TrainOptions(mode=args.mode, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                   slab=args.slab, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
+                                   seed=args.seed)
         if (args.images is None) != (args.labels is None):
             raise ValueError("--images and --labels go together")
-        common = dict(preset=args.preset, seed=args.seed, resume=args.resume, stop_after=args.stop_after,
+        if args.images is None and not 1 <= args.val_subjects <= 5:
+            raise ValueError("--val-subjects must be 1 to 5 (the paper's split has 5 validation subjects)")
+        common = dict(preset=args.preset, seed=options.seed, resume=args.resume, stop_after=args.stop_after,
                       progress=not args.quiet)
         t0 = time.perf_counter()
         if args.images is not None:
@@ -497,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
-    sg.add_argument("--qc", nargs="?", const=True, metavar="PNG",
-                    help="QC picture (3 orthogonal slices, labels overlaid): to PNG for one input, else OUT/<name>_qc.png")
+    sg.add_argument("--qc", metavar="PNG|DIR",
+                    help="QC picture (3 orthogonal slices, labels overlaid): FILE.png for one input, or a folder "
+                    "that gets <name>_qc.png per subject")
     sg.add_argument("--skip-existing", action="store_true", help="skip subjects whose labels file already exists")
     sg.add_argument("--quiet", action="store_true", help="no progress bars")
     sg.set_defaults(func=_cmd_segment)
@@ -526,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")
     tr.add_argument("--images", help="your own scans: a folder of NIfTI images (all on one grid, skull-stripped)")
     tr.add_argument("--labels", help="... and a folder of their label maps, matched by file name")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from OUT/last.safetensors with the run's saved options (other training flags are ignored)")
     tr.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later with --resume)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
@@ -547,7 +615,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"spatialseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

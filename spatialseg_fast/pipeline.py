@@ -67,10 +67,11 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
         if template is None:
             raise ValueError("this model carries no registration template: use register=False (--no-register) "
                              "with inputs already in its template space")
-        transform = register_affine(Volume(np.where(mask_in, data, 0.0), image.affine), template)
+        transform = register_affine(Volume(np.where(mask_in, data, 0.0).astype(np.float32), image.affine), template)
     else:
         transform = np.eye(4)
-    moved = to_template(Volume(data, image.affine), shape, affine, transform).data
+    masked = np.where(mask_in, data, 0.0).astype(np.float32)  # nothing outside the mask is read
+    moved = to_template(Volume(masked, image.affine), shape, affine, transform).data
     brain = to_template(Volume(mask_in.astype(np.uint8), image.affine), shape, affine, transform, kind="label").data > 0
     brain &= moved != 0
     if not brain.any():
@@ -82,7 +83,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
                   return_probabilities=wanted, progress=progress)
     labels_t, probs_t = out if wanted else (out, None)
     back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label")
-    labels = Volume(back.data.astype(np.asarray(labels_t).dtype), image.affine, image.header)
+    back_data = np.where(mask_in, back.data, 0).astype(np.asarray(labels_t).dtype)  # nearest sampling can spill a voxel
+    labels = Volume(back_data, image.affine, image.header)
     probs = {}
     if wanted:
         p = probs_t.numpy() if isinstance(probs_t, torch.Tensor) else np.asarray(probs_t)

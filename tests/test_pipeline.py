@@ -116,7 +116,7 @@ def test_outputs_volumes_qc_and_skip_existing(tmp_path, toy_model_path, capsys):
     image, _ = phantom()
     src = write(tmp_path / "sub-01_T1w.nii.gz", image, grid_affine())
     code = run_segment(tmp_path, toy_model_path, src,
-                       extra=("--volumes", str(tmp_path / "vol.csv"), "--qc", "--probabilities", "2,7"))
+                       extra=("--volumes", str(tmp_path / "vol.csv"), "--qc", str(tmp_path / "qc"), "--probabilities", "2,7"))
     assert code == 0
     out = tmp_path / "out"
     labels = nib.load(str(out / "sub-01_T1w_labels.nii.gz"))
@@ -126,13 +126,33 @@ def test_outputs_volumes_qc_and_skip_existing(tmp_path, toy_model_path, capsys):
     rows = [line.split(",") for line in (tmp_path / "vol.csv").read_text().strip().splitlines()[1:]]
     assert sum(float(r[3]) for r in rows) == pytest.approx(float((data != 0).sum()))  # 1 mm^3 voxels
     assert {r[2] for r in rows} == {"core", "shell", "blob"}
-    png = (out / "sub-01_T1w_qc.png").read_bytes()
+    png = (tmp_path / "qc" / "sub-01_T1w_qc.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 500
     prob = np.asanyarray(nib.load(str(out / "sub-01_T1w_prob-7.nii.gz")).dataobj)
     assert prob.shape == SHAPE and 0 <= prob.min() and prob.max() <= 1
     capsys.readouterr()
-    assert run_segment(tmp_path, toy_model_path, src, extra=("--skip-existing",)) == 0
+    before = (tmp_path / "vol.csv").read_text()
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--skip-existing", "--volumes", str(tmp_path / "vol.csv"))) == 0
     assert "skipped" in capsys.readouterr().out
+    assert (tmp_path / "vol.csv").read_text() == before  # a skipped subject keeps its rows
+
+
+def test_argument_mistakes_are_refused_before_any_work(tmp_path, toy_model_path, capsys):
+    image, _ = phantom()
+    a = write(tmp_path / "a" / "T1w.nii.gz", image, grid_affine()) if (tmp_path / "a").mkdir() is None else None
+    b = write(tmp_path / "b" / "T1w.nii.gz", image, grid_affine()) if (tmp_path / "b").mkdir() is None else None
+    c = write(tmp_path / "c.nii.gz", image, grid_affine())
+    cases = [((a, b), (), "same output name"),
+             ((a,), ("--qc", str(b)), "give a .png file"),  # --qc must not swallow an input scan
+             ((a, c), ("--qc", str(tmp_path / "x.png")), "single input"),
+             ((a,), ("--device", "gpu"), "--device must be"),
+             ((a,), ("--threads", "0"), "--threads must be"),
+             ((a,), ("--volumes", str(tmp_path / "missing" / "v.csv")), "does not exist")]
+    for inputs, extra, message in cases:
+        assert run_segment(tmp_path, toy_model_path, *inputs, extra=extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert np.asanyarray(nib.load(str(b)).dataobj).shape == SHAPE  # untouched
 
 
 def test_batch_continues_past_a_failing_subject(tmp_path, toy_model_path, capsys):

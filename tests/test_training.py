@@ -139,3 +139,15 @@ def test_poly_schedule_and_label_mapping():
     assert class_indices(np.array([[0, 9], [3, 8]]), VALUES).tolist() == [[0, 3], [1, 2]]
     with pytest.raises(ValueError, match="outside the model's label table"):
         class_indices(np.array([4]), VALUES)
+
+
+def test_resume_keeps_the_runs_options(tmp_path):
+    model = toy_model()
+    subjects, atlas = toy_data(model, 1)
+    options = TrainOptions(epochs=3, steps_per_epoch=1, slab=2, lr=0.01)
+    train(model, subjects, tmp_path, options, atlas=atlas, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match="lr 0.01 -> 0.5"):
+        train(model, subjects, tmp_path, TrainOptions(epochs=3, steps_per_epoch=1, slab=2, lr=0.5), atlas=atlas,
+              progress=False, resume=True)
+    result = train(model, subjects, tmp_path, None, atlas=atlas, progress=False, resume=True)  # its own options
+    assert [r.epoch for r in result.history] == [0, 1, 2] and result.history[1].lr == pytest.approx(0.01 * (2 / 3) ** 0.9)

@@ -99,7 +99,8 @@ def make_subject(base: Subject, seed: int, index: int, *, space: str = "template
     n2 = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * sigma
     x = torch.sqrt((x + n1) ** 2 + n2**2) * peak
     x = torch.where(mask, x.clamp(min=1e-6 * peak), torch.zeros(()))
-    labels = torch.where(mask | (labels > 0), labels, torch.zeros((), dtype=torch.uint8))
+    # the truth is what a segmentation of this image can cover: labels inside its brain mask
+    labels = torch.where(mask, labels, torch.zeros((), dtype=torch.uint8))
     name = f"{base.name}-{seed}-{index:03d}" + ("-native" if space == "native" else "")
     return Subject(image=x.numpy(), labels=labels.numpy(), affine=base.affine.copy(), name=name)
 

@@ -117,6 +117,22 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     return model.to(device).eval()
 
 
+def atomic_text(path, text: str) -> None:
+    """Write a text file through a temporary file renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_extra_tensors(path) -> dict:
     """The extra tensors stored by ``save_model(..., extra_tensors=...)``."""
     from safetensors.torch import load_file

@@ -62,7 +62,7 @@ class TrainOptions:
     """"fp32", or "bf16" (CPU/GPU autocast: about twice as fast on CPUs with bf16 support)."""
     seed: int = 0
     chunk: int = 8192
-    """dense: voxels per head chunk (bounds the memory, not the result)."""
+    """dense: voxels per head chunk (bounds the memory; dropout masks are drawn per chunk)."""
 
     def __post_init__(self):
         if self.mode not in ("dense", "patch"):
@@ -169,6 +169,19 @@ def _save(path: Path, model, optimizer, atlas, options, result: TrainResult, epo
     save_model(model, path, atlas=atlas, metadata=meta, extra_tensors=state)
 
 
+def saved_options(out_dir) -> TrainOptions:
+    """The options of the run whose checkpoints are in `out_dir` (to resume it as it was)."""
+    from ..model.io import read_config
+
+    last = Path(out_dir) / "last.safetensors"
+    if not last.is_file():
+        raise ValueError(f"nothing to resume: {last} does not exist")
+    info = read_config(last)[1].get("training")
+    if not info:
+        raise ValueError(f"{last} is a model without training state: cannot resume from it")
+    return TrainOptions(**info["options"])
+
+
 def _restore(path: Path, model, optimizer) -> tuple[int, TrainResult]:
     saved = load_model(path)
     if saved.config != model.config:
@@ -195,16 +208,24 @@ def train(model: SpatialSegNet, subjects: list[TrainSubject], out_dir, options: 
     atlas: the ProbBranch atlas (stored in the checkpoints with the model).
     validate: callable(model) -> mean validation Dice, run after every epoch (None: no validation;
         the last epoch is then also the best).
-    resume: continue from ``out_dir/last.safetensors`` (an error if it is missing or from another
+    resume: continue from ``out_dir/last.safetensors`` with the run's saved options (options=None
+        takes them; different options are an error, as is a missing checkpoint or another
         configuration). stop_after: stop after this many epochs of this call (for tests and
         time-boxed runs; a later ``resume=True`` call continues).
     """
+    out = Path(out_dir)
+    if resume:  # the run continues with its own options
+        saved = saved_options(out)
+        if options is not None and options != saved:
+            diff = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(options, k)!r}" for k in asdict(saved)
+                             if getattr(saved, k) != getattr(options, k))
+            raise ValueError(f"resuming continues the run with its saved options; these differ: {diff}")
+        options = saved
     options = options or TrainOptions()
     if not subjects:
         raise ValueError("no training subjects")
     if model.prob is not None and atlas is None:
         raise ValueError("this model has a ProbBranch: pass the atlas built from the training labels")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.safetensors", out / "best.safetensors"
     optimizer = _optimizer(model, options)
@@ -252,9 +273,9 @@ def train(model: SpatialSegNet, subjects: list[TrainSubject], out_dir, options: 
             print(f"epoch {epoch + 1}: loss {record.loss:.4f}, {record.samples_per_second:,.0f} samples/s"
                   + (f", validation Dice {record.val_dice:.4f}" if validate is not None else "")
                   + (" (best)" if improved else ""), flush=True)
-        _save(last, model, optimizer, atlas, options, result, epoch, metadata)
-        if improved:
+        if improved:  # best first: a crash between the two never leaves `last` ahead of `best`
             _save(best, model, optimizer, atlas, options, result, epoch, metadata)
+        _save(last, model, optimizer, atlas, options, result, epoch, metadata)
         done += 1
     return result
 

@@ -21,10 +21,11 @@ TEMPLATE_STEP_MM = 2.0  # the registration template's voxel size (registration r
 
 def template_volume(image: np.ndarray, affine: np.ndarray):
     """The registration template stored with a model: `image` on a 2 mm grid."""
-    from ..registration import _downsample
+    from ..registration import _downsample, _normalised
     from ..volume import Volume
 
-    return _downsample(Volume(np.asarray(image, dtype=np.float32), affine), TEMPLATE_STEP_MM)
+    # brain-median units: any scanner scale fits the float16 it is stored in
+    return _downsample(Volume(_normalised(np.asarray(image, dtype=np.float32)), affine), TEMPLATE_STEP_MM)
 
 
 def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
@@ -101,10 +102,12 @@ def train_on_folders(images, labels, out_dir, options: TrainOptions | None = Non
         data = np.asarray(img.dataobj, dtype=np.float32)
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
-        lab_data = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(lab.data), lab.affine)).dataobj)
+        lab_img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(lab.data), lab.affine))
+        lab_data = np.asarray(lab_img.dataobj)
         if grid is None:
             grid = (data.shape, img.affine)
-        if data.shape != grid[0] or lab_data.shape != grid[0] or not np.allclose(img.affine, grid[1], atol=1e-3):
+        if (data.shape != grid[0] or lab_data.shape != grid[0] or not np.allclose(img.affine, grid[1], atol=1e-3)
+                or not np.allclose(lab_img.affine, grid[1], atol=1e-3)):
             raise ValueError(f"{n}: image and labels must all share one grid (shape {grid[0]}); resample them first")
         if not np.isfinite(data).all():
             raise ValueError(f"{images / n}: contains NaN or infinite values")

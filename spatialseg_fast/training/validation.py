@@ -28,7 +28,7 @@ def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6
             slices = mask_p.flatten(1).any(1).nonzero().flatten()
             lo, hi = int(slices.min()), int(slices.max()) + 1
             for k in range(slabs):
-                w0 = lo + (hi - lo - slab) * (2 * k + 1) // (2 * slabs)
+                w0 = max(lo, lo + (hi - lo - slab) * (2 * k + 1) // (2 * slabs))
                 step = SlabStep(model, subject.source, mask_p, w0, w0 + slab, atlas=atlas)
                 if len(step) == 0:
                     continue
