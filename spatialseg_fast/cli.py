@@ -467,7 +467,7 @@ def _cmd_train(args) -> int:
         else:
             options = TrainOptions(mode=args.mode, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                                    slab=args.slab, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
-                                   seed=args.seed)
+                                   seed=args.seed, optimizer=args.optimizer, clip_grad=args.clip_grad)
         if (args.images is None) != (args.labels is None):
             raise ValueError("--images and --labels go together")
         if args.images is None and not 1 <= args.val_subjects <= 5:
@@ -588,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--slab", type=int, default=4, help="dense mode: slices per step (default 4)")
     tr.add_argument("--batch-size", type=int, default=256, help="patch mode: patches per step (default 256)")
     tr.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3, the paper's)")
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="sgd: the paper's (momentum 0.9, default); adam: scale-free steps (the shipped model's)")
+    tr.add_argument("--clip-grad", type=float, default=2.0, help="largest global gradient norm (0: off; default 2)")
     tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")

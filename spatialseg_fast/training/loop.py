@@ -50,6 +50,8 @@ class TrainOptions:
     """patch: centres per step."""
     lr: float = 1e-3
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    """"sgd" (the paper's, with momentum) or "adam" (scale-free steps; see docs/architecture.md)."""
     weight_decay: float = 1e-4
     """The L2 penalty's lambda."""
     poly_power: float = 0.9
@@ -67,6 +69,8 @@ class TrainOptions:
     def __post_init__(self):
         if self.mode not in ("dense", "patch"):
             raise ValueError(f"mode must be 'dense' or 'patch'; got {self.mode!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16'; got {self.precision!r}")
         for name in ("epochs", "steps_per_epoch", "slab", "batch_size", "chunk"):
@@ -101,7 +105,9 @@ def poly_lr(options: TrainOptions, epoch: int) -> float:
     return options.lr * (1.0 - epoch / options.epochs) ** options.poly_power
 
 
-def _optimizer(model: SpatialSegNet, options: TrainOptions) -> torch.optim.SGD:
+def _optimizer(model: SpatialSegNet, options: TrainOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "adam":  # the L2 penalty as weight decay on the gradient, as with SGD
+        return torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
 
 
@@ -156,8 +162,9 @@ def _patch_step(model, subject: TrainSubject, atlas, options, rng) -> tuple[floa
 
 
 def _save(path: Path, model, optimizer, atlas, options, result: TrainResult, epoch: int, metadata: dict) -> None:
-    state = {f"momentum.{i}": optimizer.state[p]["momentum_buffer"]
-             for i, p in enumerate(model.parameters()) if p in optimizer.state and "momentum_buffer" in optimizer.state[p]}
+    state = {f"optim.{i}.{key}": value.detach().reshape(-1) if value.ndim == 0 else value
+             for i, p in enumerate(model.parameters()) for key, value in optimizer.state.get(p, {}).items()
+             if isinstance(value, torch.Tensor)}
     meta = dict(metadata)
     meta["training"] = {
         "epoch": epoch,
@@ -191,10 +198,12 @@ def _restore(path: Path, model, optimizer) -> tuple[int, TrainResult]:
         raise ValueError(f"{path} is a model without training state: cannot resume from it")
     model.load_state_dict(saved.state_dict())
     extra = load_extra_tensors(path)
-    for i, p in enumerate(model.parameters()):
-        buf = extra.get(f"momentum.{i}")
-        if buf is not None:
-            optimizer.state[p]["momentum_buffer"] = buf.clone()
+    params = list(model.parameters())
+    for name, value in extra.items():
+        if name.startswith("optim."):
+            _, i, key = name.split(".", 2)
+            p = params[int(i)]
+            optimizer.state[p][key] = value.clone().reshape(()) if key == "step" else value.clone()
     result = TrainResult(history=[EpochRecord(**r) for r in info["history"]], best_epoch=info["best_epoch"],
                          best_dice=info["best_dice"] if info["best_dice"] is not None else -math.inf)
     return int(info["epoch"]) + 1, result

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..model.network import build_model
 from .data import prepare_subject
@@ -33,6 +34,12 @@ def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, meta
     from ..datasets.atlas import build_atlas
 
     values = model.config.output_values()
+    if model.prob is not None and not resume:
+        # start from the atlas prior: with the main path's last layer at zero the first logits
+        # are ProbBranch's alone (argmax = the atlas's most frequent class); the auxiliary losses
+        # train BaseNet and DistBranch from the first step, and fc3 opens up as they improve
+        torch.nn.init.zeros_(model.fc3.weight)
+        torch.nn.init.zeros_(model.fc3.bias)
     if template_image is None:  # the mean training image stands in for a template
         template_image = np.mean([img for img, _, _ in train_pairs], axis=0)
     model.template = template_volume(template_image, grid[1])
@@ -127,8 +134,6 @@ def export_default(checkpoint, dst=None):
     """A trained checkpoint of the default recipe as the shipped model: float16 weights, the sparse
     atlas, the 2 mm CAT12 registration template, the training record as model card; written to
     `dst` (default: the package's weights/default.safetensors)."""
-    import torch
-
     from ..datasets import load_source, template_grid
     from ..model.io import export_model
 
