@@ -82,8 +82,9 @@ def test_a_few_epochs_reduce_the_loss(mode, tmp_path):
     assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "best.safetensors").is_file()
 
 
-def test_resume_reproduces_uninterrupted_training(tmp_path):
-    options = TrainOptions(epochs=3, steps_per_epoch=2, slab=3, lr=0.02, seed=2)
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.02), ("adam", 1e-3)])
+def test_resume_reproduces_uninterrupted_training(tmp_path, optimizer, lr):
+    options = TrainOptions(epochs=3, steps_per_epoch=2, slab=3, lr=lr, seed=2, optimizer=optimizer)
     full = toy_model()
     subjects, atlas = toy_data(full)
     train(full, subjects, tmp_path / "a", options, atlas=atlas, progress=False)
