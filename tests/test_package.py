@@ -84,7 +84,12 @@ def test_cli_info_and_demo(capsys):
     assert cli_main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["version"] == spatialseg_fast.__version__
-    assert cli_main(["demo", "--n", "64", "--shape", "40", "44", "36"]) == 0
+    from spatialseg_fast.model import default_model_path
+
+    if default_model_path() is not None:  # the shipped model's card
+        card = info["default_model"]
+        assert card["classes"] == 135 and card["branches"] == "basenet+dist+prob+3d" and "CC BY-NC" in card["license"]
+    assert cli_main(["demo", "--kernels", "--n", "64", "--shape", "40", "44", "36"]) == 0
     out = capsys.readouterr().out
     assert "extract_patches [torch]" in out and "landmark_distances" in out
-    assert cli_main(["demo", "--n", "0"]) == 2
+    assert cli_main(["demo", "--kernels", "--n", "0"]) == 2
