@@ -517,10 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     demo.add_argument("--kernels", action="store_true", help="the kernel demo on synthetic volumes instead")
-    demo.add_argument("--n", type=int, default=4096, help="patch centres (default 4096)")
+    demo.add_argument("--n", type=int, default=4096, help="--kernels: patch centres (default 4096)")
     demo.add_argument("--shape", type=int, nargs=3, default=[182, 218, 182], metavar=("D", "H", "W"))
     demo.add_argument("--segment-shape", type=int, nargs=3, default=[96, 96, 96], metavar=("D", "H", "W"),
-                      help="volume for the dense-vs-per-patch segmentation demo (default 96 96 96)")
+                      help="--kernels: volume for the dense-vs-per-patch comparison (default 96 96 96)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
 
