@@ -158,7 +158,7 @@ def _patch_step(model, subject: TrainSubject, atlas, options, rng) -> tuple[floa
         logits, aux = model(p.planes, p.cube, p.distances, rows, return_aux=True)
         loss = _losses(logits, aux, target, options.aux_weight) / options.batch_size
     loss.backward()
-    return float(loss), options.batch_size
+    return float(loss.detach()), options.batch_size
 
 
 def _save(path: Path, model, optimizer, atlas, options, result: TrainResult, epoch: int, metadata: dict) -> None:
