@@ -21,6 +21,12 @@ def sharpen(model, gain: float = 20.0):
         model.fc3.weight.sub_(model.fc3.weight.mean(1, keepdim=True)).mul_(gain)
         model.fc3.bias.zero_()
         if model.prob is not None:
+            # random ProbBranch layers (a fresh model's start near the identity would let the
+            # atlas decide almost every label and make the label checks weak)
+            g = torch.Generator().manual_seed(0)
+            for layer in model.prob.layers:
+                bound = layer.weight.shape[1] ** -0.5
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) * 2 * bound - bound)
             model.prob.layers[-1].weight.mul_(gain)
     return model
 
