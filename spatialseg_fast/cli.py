@@ -73,6 +73,7 @@ def _model_demo(args) -> int:
     from spatialseg_fast.metrics import evaluate
     from spatialseg_fast.model import load_default_model
     from spatialseg_fast.pipeline import segment_file
+    from spatialseg_fast._atomic import atomic_text
     from spatialseg_fast.qc import qc_picture
     from spatialseg_fast.volume import Volume, save_volume
 
@@ -98,9 +99,7 @@ def _model_demo(args) -> int:
         save_volume(result.labels, out / "icbm2009c_labels.nii.gz")
         qc_picture(subject.image, np.asarray(result.labels.data), (1.0, 1.0, 1.0), out / "icbm2009c_qc.png",
                    label_values=model.config.output_values())
-        with open(out / "icbm2009c_volumes.csv", "w") as f:
-            f.write("label,name,volume_mm3\n")
-            f.writelines(f'{v},"{n}",{mm3:.1f}\n' for v, n, mm3 in result.volumes)
+        atomic_text(out / "icbm2009c_volumes.csv", _csv_text(_volume_rows("icbm2009c", result.volumes)))
     except (ValueError, OSError, DataUnavailableError) as exc:
         print(f"spatialseg demo: error: {exc}", file=sys.stderr)
         return 2
@@ -343,21 +342,14 @@ def _check_device(device: str, threads) -> None:
         raise ValueError(f"--threads must be >= 1; got {threads}")
 
 
-def _volume_rows(stem: str, labels, model) -> list[dict]:
-    import numpy as np
-
-    voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
-    values = model.config.output_values()
-    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64), minlength=max(values) + 1)
-    names = model.config.label_table()
-    return [{"subject": stem, "label": v, "name": names.get(v, str(v)), "volume_mm3": f"{counts[v] * voxel_mm3:.1f}"}
-            for v in values if v != 0]
+def _volume_rows(stem: str, volumes) -> list[dict]:
+    return [{"subject": stem, "label": v, "name": n, "volume_mm3": f"{mm3:.1f}"} for v, n, mm3 in volumes]
 
 
 def _cmd_segment(args) -> int:
     import os
 
-    from spatialseg_fast.pipeline import segment_file
+    from spatialseg_fast.pipeline import segment_file, structure_volumes
     from spatialseg_fast.qc import qc_picture
     from spatialseg_fast.volume import load_label_map, load_volume, save_volume, to_ras
 
@@ -414,7 +406,7 @@ def _cmd_segment(args) -> int:
             if args.skip_existing and target.exists():
                 print(f"[{i}/{len(inputs)}] {stem}: {target} exists, skipped")
                 if args.volumes:  # the table still lists every subject
-                    rows += _volume_rows(stem, load_label_map(target), model)
+                    rows += _volume_rows(stem, structure_volumes(load_label_map(target), model))
                 continue
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
@@ -431,11 +423,11 @@ def _cmd_segment(args) -> int:
             print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
             failed.append(stem)
             continue
-        rows += _volume_rows(stem, result.labels, model)
+        rows += _volume_rows(stem, result.volumes)
         print(f"[{i}/{len(inputs)}] {stem}: {target.name} in {result.seconds:.1f} s "
               f"({result.brain_voxels / result.seconds:,.0f} voxels/s)", flush=True)
     if args.volumes and rows:
-        from spatialseg_fast.model.io import atomic_text
+        from spatialseg_fast._atomic import atomic_text
 
         atomic_text(args.volumes, _csv_text(rows))
     if failed:

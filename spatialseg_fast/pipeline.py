@@ -92,12 +92,18 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
             moved_p = to_subject(Volume(plane.astype(np.float32), affine), image.shape, image.affine, transform,
                                  kind="intensity")
             probs[value] = Volume(np.clip(moved_p.data, 0, 1).astype(np.float16), image.affine, image.header)
-    voxel_mm3 = float(abs(np.linalg.det(image.affine[:3, :3])))
-    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64), minlength=max(model.config.output_values()) + 1)
-    names = model.config.label_table()
-    volumes = [(v, names.get(v, str(v)), float(counts[v]) * voxel_mm3) for v in model.config.output_values() if v != 0]
-    return SegmentationResult(labels=labels, probabilities=probs, volumes=volumes, transform=transform,
+    return SegmentationResult(labels=labels, probabilities=probs, volumes=structure_volumes(labels, model), transform=transform,
                               seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()))
+
+
+def structure_volumes(labels: Volume, model: SpatialSegNet) -> list:
+    """[(label value, name, mm^3)] of every structure of the model (background excluded) in a
+    label map on any grid (voxel volume from its affine)."""
+    voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
+    values = model.config.output_values()
+    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64), minlength=max(values) + 1)
+    names = model.config.label_table()
+    return [(v, names.get(v, str(v)), float(counts[v]) * voxel_mm3) for v in values if v != 0]
 
 
 def segment_file(path, model: SpatialSegNet, *, mask_path=None, **kwargs) -> SegmentationResult:

@@ -64,13 +64,19 @@ def load_label_map(path) -> "Volume":
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise ValueError(f"{path}: a label map must be 2D or 3D; got shape {data.shape}")
+    data = _as_labels(data, path, "label map")
+    return Volume(np.ascontiguousarray(data), affine if data.ndim == 3 else np.eye(4), header)
+
+
+def _as_labels(data: np.ndarray, path, what: str) -> np.ndarray:
+    """Integer data of a label map or mask (whole-valued floats accepted), else a ValueError."""
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
-            raise ValueError(f"{path}: holds non-integer values, not labels")
-        data = data.astype(np.int64)
-    elif data.dtype.kind not in "iub":
-        raise ValueError(f"{path}: data type {data.dtype} is not a label type")
-    return Volume(np.ascontiguousarray(data), affine if data.ndim == 3 else np.eye(4), header)
+            raise ValueError(f"{path}: holds non-integer values, not a {what}")
+        return data.astype(np.int64)
+    if data.dtype.kind not in "iub":
+        raise ValueError(f"{path}: data type {data.dtype} is not a {what} type")
+    return data
 
 
 def resample(volume: "Volume", shape, affine, kind: str = "intensity", fill: float = 0.0) -> "Volume":
@@ -173,12 +179,7 @@ def load_volume(path, kind: str = "intensity") -> Volume:
         if not np.any(data):
             raise ValueError(f"{path}: every voxel is zero")
     else:
-        if data.dtype.kind == "f":
-            if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
-                raise ValueError(f"{path}: holds non-integer values, not a {kind}")
-            data = data.astype(np.int64)
-        elif data.dtype.kind not in "iub":
-            raise ValueError(f"{path}: data type {data.dtype} is not a {kind} type")
+        data = _as_labels(data, path, kind)
     return Volume(np.ascontiguousarray(data), affine, header)
 
 
@@ -194,11 +195,11 @@ def save_volume(volume: Volume, path, dtype=None) -> None:
     """Write a NIfTI file atomically: a temporary file in the same folder renamed into place, so a
     crash never leaves a half-written output. The source header (if any) is kept, with the data
     type set from the data (or `dtype`)."""
-    import os
-    import tempfile
     from pathlib import Path
 
     import nibabel as nib
+
+    from ._atomic import atomic_path
 
     path = Path(path)
     data = np.asarray(volume.data)
@@ -213,19 +214,7 @@ def save_volume(volume: Volume, path, dtype=None) -> None:
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp" + suffix)
-    except OSError as exc:
-        raise ValueError(f"{path.parent}: cannot write there ({exc.strerror or exc})") from None
-    os.close(fd)
-    try:
-        try:
+        with atomic_path(path, suffix=".tmp" + suffix) as tmp:
             nib.save(img, tmp)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot be written ({exc.strerror or exc})") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be written ({exc.strerror or exc})") from None

