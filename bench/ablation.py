@@ -1,19 +1,27 @@
 """An ablation like the paper's Table 1: every preset trained with the same budget, then tested.
 
     python bench/ablation.py OUT_DIR [--presets ...] [--epochs 6] [--steps-per-epoch 30] [--test 5]
-                             [--precision bf16] [--lr 0.02]
+                             [--precision bf16] [--lr 0.02] [--threads N]
 
 For each preset (basenet, basenet+dist, basenet+prob, basenet+dist+prob, full): the shipped
 model's recipe (``spatialseg train``: dense mode on the CAT12 pseudo-subject cohort) with the
 given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments the first
 --test test pseudo-subjects and the table prints Dice / Hausdorff / MSD (mean +- sd over test
 subjects of the per-subject mean over the 134 structures) and the parameter count, so one can
-see whether DistBranch cuts the Hausdorff distance as the paper reports. Re-running skips the
-presets whose training finished (their best.safetensors exists and the run reached its last epoch).
+see whether DistBranch cuts the Hausdorff distance as the paper reports. The last row is the
+atlas-only baseline (each voxel gets the training atlas's most frequent class), the floor that the
+presets with a ProbBranch start from.
+
+Re-running skips the presets whose training finished (their best.safetensors exists and the run
+reached its last epoch) and reuses their test scores (OUT_DIR/<preset>/scores.json), so presets
+can be trained by several processes at once (--presets, --threads 1 each: on a small CPU two
+single-threaded runs finish in about the time of one two-threaded run) and a last call with all
+presets prints the whole table.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,12 +29,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from evaluate_default import METRICS, score  # noqa: E402
+from evaluate_default import METRICS, atlas_only, metrics_of, score  # noqa: E402
 
 from spatialseg_fast.datasets.cohort import paper_split  # noqa: E402
 from spatialseg_fast.model import PRESETS, load_model  # noqa: E402
 from spatialseg_fast.training.loop import TrainOptions  # noqa: E402
 from spatialseg_fast.training.recipe import train_default  # noqa: E402
+
+
+def _test_scores(path: Path, test, metrics) -> dict:
+    """Per test subject, the mean over structures of each metric; cached in `path` (JSON) with the
+    names of the subjects it was computed on."""
+    names = [s.name for s in test]
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("subjects") == names:
+            return cached["scores"]
+    results = [metrics(s) for s in test]
+    per = {m: [float(np.mean(r[m][np.isfinite(r[m])])) for r in results] for m in METRICS}
+    path.write_text(json.dumps({"subjects": names, "scores": per}, indent=1))
+    return per
 
 
 def main(argv=None):
@@ -38,11 +60,16 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=5)
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     options = TrainOptions(mode="dense", epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, slab=4,
                            precision=args.precision, lr=args.lr)
     test = paper_split("test")[: args.test]
-    rows = []
+    rows, atlas_model = [], None
     for preset in args.presets:
         out = Path(args.out) / preset.replace("+", "_")
         best = out / "best.safetensors"
@@ -52,16 +79,22 @@ def main(argv=None):
             train_default(out, options, preset=preset, resume=(out / "last.safetensors").is_file(), progress=True)
         minutes = (time.perf_counter() - t0) / 60
         model = load_model(best)
-        scores = [score(model, s, args.precision)[0] for s in test]
-        per = {m: [float(np.mean(r[m][np.isfinite(r[m])])) for r in scores] for m in METRICS}
+        per = _test_scores(out / "scores.json", test, lambda s: score(model, s, args.precision)[0])
         rows.append((preset, model.inference_parameters(), per, minutes))
         print(f"{preset}: done ({minutes:.0f} min of training in this run)", flush=True)
+        if model.atlas is not None:
+            atlas_model = model
+    if atlas_model is not None:
+        per = _test_scores(Path(args.out) / "atlas_only.json", test,
+                           lambda s: metrics_of(atlas_model, atlas_only(atlas_model, s), s.labels))
+        rows.append(("atlas only (no image)", 0, per, 0.0))
     print(f"\nbudget: {args.epochs} epochs x {args.steps_per_epoch} dense steps of 4 slices, {args.precision}; "
           f"{args.test} test pseudo-subjects")
-    print(f"{'preset':<22} {'N_param':>10} {'Dice':>16} {'Hausdorff (mm)':>18} {'MSD (mm)':>16}")
+    print(f"{'model':<22} {'N_param':>10} {'Dice':>16} {'Hausdorff (mm)':>18} {'MSD (mm)':>16}")
     for preset, n, per, _ in rows:
         cells = [f"{np.mean(per[m]):.3f} +- {np.std(per[m]):.3f}" for m in METRICS]
-        print(f"{preset:<22} {n:>10,} {cells[0]:>16} {cells[1]:>18} {cells[2]:>16}")
+        count = f"{n:,}" if n else ""
+        print(f"{preset:<22} {count:>10} {cells[0]:>16} {cells[1]:>18} {cells[2]:>16}")
 
 
 if __name__ == "__main__":

@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=256, help="patch mode: patches per step (default 256)")
     tr.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3, the paper's)")
     tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                    help="sgd: the paper's (momentum 0.9, default); adam: scale-free steps (the shipped model's)")
+                    help="sgd: the paper's (momentum 0.9, default); adam: scale-free steps")
     tr.add_argument("--clip-grad", type=float, default=2.0, help="largest global gradient norm (0: off; default 2)")
     tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     tr.add_argument("--seed", type=int, default=0)

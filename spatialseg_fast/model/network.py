@@ -98,9 +98,16 @@ class ProbBranch(nn.Module):
 
     Initialised near the identity (the last layer scaled by ``PRIOR_GAIN``, small noise on all
     three): a fresh network then starts from the atlas prior (logit + gain * probability) instead
-    of ignoring it behind three small random layers, which would take many epochs to open up."""
+    of ignoring it behind three small random layers, which would take many epochs to open up.
 
-    PRIOR_GAIN = 4.0
+    The gain sets how confident that starting prior is. On the validation pseudo-subjects the
+    cross-entropy of softmax(gain * atlas) against the true labels is lowest near 10 (2.66 at
+    gain 4, 1.61 at 8, 1.59 at 10, 1.72 at 12, 2.15 at 16): a calibrated prior. A weaker one
+    (gain 4) made the first training steps sharpen it through the still-random main path, which
+    cost validation Dice (0.513 for the atlas alone, 0.458 after the first 50 steps); from gain
+    10 the same 50 steps raise it (0.532)."""
+
+    PRIOR_GAIN = 10.0
 
     def __init__(self, num_classes: int):
         super().__init__()
