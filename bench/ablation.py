@@ -8,15 +8,16 @@ model's recipe (``spatialseg train``: dense mode on the CAT12 pseudo-subject coh
 given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments the first
 --test test pseudo-subjects and the table prints Dice / Hausdorff / MSD (mean +- sd over test
 subjects of the per-subject mean over the 134 structures) and the parameter count, so one can
-see whether DistBranch cuts the Hausdorff distance as the paper reports. The last row is the
-atlas-only baseline (each voxel gets the training atlas's most frequent class), the floor that the
-presets with a ProbBranch start from.
+see whether DistBranch cuts the Hausdorff distance as the paper reports. When a preset with a
+ProbBranch is among them, a last row gives the atlas-only baseline (each voxel gets the training
+atlas's most frequent class), the floor that those presets start from.
 
 Re-running skips the presets whose training finished (their best.safetensors exists and the run
-reached its last epoch) and reuses their test scores (OUT_DIR/<preset>/scores.json), so presets
-can be trained by several processes at once (--presets, --threads 1 each: on a small CPU two
-single-threaded runs finish in about the time of one two-threaded run) and a last call with all
-presets prints the whole table.
+reached its last epoch) and reuses their test scores (OUT_DIR/<preset>/scores.json, valid for the
+same test subjects, precision and checkpoint file), so presets can be trained by several
+processes at once (disjoint --presets, --threads 1 each: on a small CPU two single-threaded runs
+finish in about the time of one two-threaded run) and a last call with all presets, once they
+have finished, prints the whole table.
 """
 from __future__ import annotations
 
@@ -31,24 +32,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_default import METRICS, atlas_only, metrics_of, score  # noqa: E402
 
+from spatialseg_fast._atomic import atomic_text  # noqa: E402
 from spatialseg_fast.datasets.cohort import paper_split  # noqa: E402
 from spatialseg_fast.model import PRESETS, load_model  # noqa: E402
 from spatialseg_fast.training.loop import TrainOptions  # noqa: E402
 from spatialseg_fast.training.recipe import train_default  # noqa: E402
 
 
-def _test_scores(path: Path, test, metrics) -> dict:
+def _test_scores(path: Path, test, metrics, key: dict) -> dict:
     """Per test subject, the mean over structures of each metric; cached in `path` (JSON) with the
-    names of the subjects it was computed on."""
-    names = [s.name for s in test]
+    subjects' names and `key` (what else the scores depend on), reused only when both match."""
+    stamp = {"subjects": [s.name for s in test], **key}
     if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("subjects") == names:
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            cached = {}
+        if cached.get("key") == stamp:
             return cached["scores"]
     results = [metrics(s) for s in test]
     per = {m: [float(np.mean(r[m][np.isfinite(r[m])])) for r in results] for m in METRICS}
-    path.write_text(json.dumps({"subjects": names, "scores": per}, indent=1))
+    atomic_text(path, json.dumps({"key": stamp, "scores": per}, indent=1))
     return per
+
+
+def _file_key(path: Path) -> dict:
+    st = path.stat()
+    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def main(argv=None):
@@ -79,14 +89,15 @@ def main(argv=None):
             train_default(out, options, preset=preset, resume=(out / "last.safetensors").is_file(), progress=True)
         minutes = (time.perf_counter() - t0) / 60
         model = load_model(best)
-        per = _test_scores(out / "scores.json", test, lambda s: score(model, s, args.precision)[0])
+        per = _test_scores(out / "scores.json", test, lambda s: score(model, s, args.precision)[0],
+                           {"precision": args.precision, **_file_key(best)})
         rows.append((preset, model.inference_parameters(), per, minutes))
         print(f"{preset}: done ({minutes:.0f} min of training in this run)", flush=True)
         if model.atlas is not None:
-            atlas_model = model
+            atlas_model, atlas_file = model, best
     if atlas_model is not None:
         per = _test_scores(Path(args.out) / "atlas_only.json", test,
-                           lambda s: metrics_of(atlas_model, atlas_only(atlas_model, s), s.labels))
+                           lambda s: metrics_of(atlas_model, atlas_only(atlas_model, s), s.labels), _file_key(atlas_file))
         rows.append(("atlas only (no image)", 0, per, 0.0))
     print(f"\nbudget: {args.epochs} epochs x {args.steps_per_epoch} dense steps of 4 slices, {args.precision}; "
           f"{args.test} test pseudo-subjects")

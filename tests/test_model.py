@@ -97,6 +97,33 @@ def test_save_load_roundtrip(tmp_path):
         assert json.loads(f.metadata()["config"])["preset"] == "basenet+dist+prob+3d"
 
 
+def test_files_without_a_distance_unit_keep_raw_millimetres(tmp_path):
+    """Model files written before ModelConfig.dist_unit_mm existed fed DistBranch raw mm: they
+    must load with unit 1, and such a branch must equal a unit-100 branch whose input convs
+    are scaled by 100 (the unit is a pure input scaling)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    m = build_model("basenet+dist", 5, seed=1)
+    assert m.config.dist_unit_mm == 100.0 and m.dist.unit_mm == 100.0
+    path = save_model(m, tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["config"])
+    del cfg["dist_unit_mm"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(cfg)})
+    old = load_model(tmp_path / "old.safetensors")
+    assert old.config.dist_unit_mm == 1.0 and old.dist.unit_mm == 1.0
+    new, old = m.dist.double(), old.dist.double()
+    with torch.no_grad():
+        for conv in new.convs:
+            conv.weight.mul_(100.0)
+    d = torch.rand(3, 7, 7, 7, dtype=torch.float64) * 150
+    torch.testing.assert_close(new(d), old(d), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="dist_unit_mm"):
+        preset_config("full", dist_unit_mm=0)
+
+
 def test_load_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")

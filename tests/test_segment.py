@@ -14,8 +14,8 @@ SPACING = (1.1, 0.9, 1.3)
 
 
 def sharpen(model, gain: float = 20.0):
-    """Random weights whose logits differ clearly between voxels and classes (the default
-    initialisation gives nearly constant logits, which would make label checks weak)."""
+    """Random weights whose logits differ clearly between voxels and classes (a fresh output
+    layer is small, so its logits differ little between classes: weak label checks)."""
     with torch.no_grad():
         # zero-sum rows: no class wins everywhere through the mean of the (non-negative) fc2 output
         model.fc3.weight.sub_(model.fc3.weight.mean(1, keepdim=True)).mul_(gain)

@@ -77,6 +77,9 @@ class ModelConfig:
     # DistBranch: inception-style block of 1x1, 3x3, 5x5 valid convolutions on G images of G x G.
     dist_inception: tuple = (16, 16, 16)
     dist_fc: int = 130
+    dist_unit_mm: float = 100.0
+    """DistBranch reads the landmark distances in units of this many mm (see DistBranch). Model
+    files written before this field existed fed raw millimetres and load with 1.0."""
     # 3dBranch.
     cube_trunk: tuple = (("conv", 3, 32), ("conv", 3, 128), ("conv", 3, 32), ("pool",), ("conv", 3, 16))
     cube_fc: int = 1364
@@ -97,6 +100,8 @@ class ModelConfig:
         object.__setattr__(self, "scale_trunk", _layers(self.scale_trunk))
         object.__setattr__(self, "cube_trunk", _layers(self.cube_trunk))
         object.__setattr__(self, "dist_inception", tuple(int(c) for c in self.dist_inception))
+        if not float(self.dist_unit_mm) > 0:
+            raise ValueError(f"dist_unit_mm must be positive; got {self.dist_unit_mm}")
         object.__setattr__(self, "label_names", tuple(str(n) for n in self.label_names))
         if isinstance(self.patch, dict):
             object.__setattr__(self, "patch", PatchConfig.from_dict(self.patch))
@@ -140,7 +145,7 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model configuration field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls(**{"dist_unit_mm": 1.0, **d})  # older files: raw millimetres
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)

@@ -75,7 +75,7 @@ class DenseForm:
                 biases.append(conv.bias.repeat(positions))
                 fc_parts.append(_position_major(w[:, col : col + c * positions], c, positions))
                 col += c * positions
-            self.dist_matrix = torch.cat(mats, dim=1).contiguous()
+            self.dist_matrix = (torch.cat(mats, dim=1) / net.dist.unit_mm).contiguous()  # the branch's input unit
             self.dist_bias = torch.cat(biases)
             self.dist_fc_weight = torch.cat(fc_parts, dim=1).contiguous()
         # fc2 as column blocks, one per merged part (no concatenation of the parts)
