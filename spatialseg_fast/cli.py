@@ -26,10 +26,14 @@ def _model_card(path) -> dict:
         "classes": cfg.num_classes,
         "branches": "+".join(["basenet"] + [b for b, on in (("dist", cfg.dist), ("prob", cfg.prob), ("3d", cfg.cube)) if on]),
         "trained": f"{len(history)} epochs ({training.get('options', {}).get('mode', '?')} mode), "
-                   f"best validation Dice {training.get('best_dice')}" if history else "no training record",
+                   f"best validation Dice {_rounded(training.get('best_dice'))}" if history else "no training record",
         "data": extra.get("data"),
         "license": extra.get("license"),
     }
+
+
+def _rounded(value, digits: int = 4):
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def _cmd_info(args) -> int:
