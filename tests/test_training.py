@@ -67,8 +67,10 @@ def test_chunked_backward_gives_the_unchunked_gradients():
         step.run(lambda logits, aux, xyz: torch.nn.functional.cross_entropy(
             logits, s.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]], reduction="sum"))
         grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):  # float32 sums in another order: equal up to rounding
-        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()) + 1e-7
+    # float32 sums in another order: equal up to rounding, which cancellation can lift to ~1.4e-3
+    # of a tensor's largest entry; a lost or doubled 50-voxel chunk would be off by ~10% or more
+    for a, b in zip(*grads):
+        assert float((a - b).abs().max()) <= 1e-2 * float(b.abs().max()) + 1e-7
 
 
 @pytest.mark.parametrize("mode", ["dense", "patch"])
