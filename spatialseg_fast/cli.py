@@ -463,7 +463,9 @@ def _cmd_train(args) -> int:
         else:
             options = TrainOptions(mode=args.mode, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                                    slab=args.slab, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
-                                   seed=args.seed, optimizer=args.optimizer, clip_grad=args.clip_grad)
+                                   seed=args.seed, optimizer=args.optimizer, clip_grad=args.clip_grad,
+                                   cohort=args.cohort, pool=args.pool, refresh=args.refresh,
+                                   position_dropout=args.position_dropout, sample_fraction=args.sample_fraction)
         if (args.images is None) != (args.labels is None):
             raise ValueError("--images and --labels go together")
         if args.images is None and not 1 <= args.val_subjects <= 5:
@@ -590,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")
+    tr.add_argument("--cohort", choices=["paper", "wide"], default="paper",
+                    help="default recipe's data: paper = 10 fixed mildly warped CAT12 subjects; wide = a stream of fresh "
+                    "subjects with multi-scale warps and synthetic contrasts (the shipped model's; see README)")
+    tr.add_argument("--pool", type=int, default=12, help="wide: subjects held at once (default 12)")
+    tr.add_argument("--refresh", type=int, default=2, help="wide: fresh subjects per epoch (default 2)")
+    tr.add_argument("--position-dropout", type=float, default=0.0,
+                    help="dense: probability of zeroing a voxel's DistBranch/ProbBranch input (default 0)")
+    tr.add_argument("--sample-fraction", type=float, default=1.0,
+                    help="dense: share of confident voxels (atlas >= 0.9) used per slab; uncertain ones always (default 1)")
     tr.add_argument("--images", help="your own scans: a folder of NIfTI images (all on one grid, skull-stripped)")
     tr.add_argument("--labels", help="... and a folder of their label maps, matched by file name")
     tr.add_argument("--resume", action="store_true",

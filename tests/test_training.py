@@ -154,3 +154,72 @@ def test_resume_keeps_the_runs_options(tmp_path):
               progress=False, resume=True)
     result = train(model, subjects, tmp_path, None, atlas=atlas, progress=False, resume=True)  # its own options
     assert [r.epoch for r in result.history] == [0, 1, 2] and result.history[1].lr == pytest.approx(0.01 * (2 / 3) ** 0.9)
+
+
+def test_position_dropout_zeroes_the_position_inputs_of_some_voxels():
+    model = toy_model()
+    subjects, atlas = toy_data(model, 1)
+    s = subjects[0]
+    plain = SlabStep(model, s.source, s.mask_p, 4, 8, atlas=atlas)
+    dropped = SlabStep(model, s.source, s.mask_p, 4, 8, atlas=atlas, position_dropout=0.5,
+                       generator=torch.Generator().manual_seed(0))
+    _, d0, r0 = plain._inputs(0, len(plain))
+    _, d1, r1 = dropped._inputs(0, len(dropped))
+    zero_d = (d1.flatten(1) == 0).all(1)
+    zero_r = (r1 == 0).all(1)
+    assert 0.3 < float(zero_d.float().mean()) < 0.7 and 0.3 < float(zero_r.float().mean()) < 0.7
+    assert not torch.equal(zero_d, zero_r)  # independent per branch
+    assert torch.equal(d1[~zero_d], d0[~zero_d]) and torch.equal(r1[~zero_r], r0[~zero_r])
+
+
+def test_sample_fraction_thins_confident_voxels_more():
+    from spatialseg_fast.training.dense import to_array
+    from spatialseg_fast.training.loop import _subsample
+
+    model = toy_model()
+    subjects, atlas = toy_data(model, 3)
+    s = subjects[0]
+    rng = np.random.default_rng(0)
+    lo, hi = 2, 16
+    full = s.mask_p[lo:hi].nonzero()
+    thin = _subsample(model, s.mask_p, lo, hi, atlas, 0.2, rng)
+    assert torch.equal(thin[:lo], s.mask_p[:lo]) and not (thin & ~s.mask_p).any()
+    kept = thin[lo:hi].nonzero()
+    xyz_all, xyz_kept = to_array(model, full, lo), to_array(model, kept, lo)
+    top_all = atlas.prob[0][tuple(xyz_all.T)].float()
+    top_kept = atlas.prob[0][tuple(xyz_kept.T)].float()
+    rate_unsure = (top_kept < 0.9).sum() / max(int((top_all < 0.9).sum()), 1)
+    rate_sure = (top_kept >= 0.9).sum() / max(int((top_all >= 0.9).sum()), 1)
+    assert 0.1 < float(rate_sure) < 0.3 and float(rate_unsure) > 0.45
+    assert torch.equal(_subsample(model, s.mask_p, lo, hi, atlas, 1.0, rng), s.mask_p)
+
+
+def test_resume_is_exact_with_a_stream_and_the_new_options(tmp_path):
+    options = TrainOptions(epochs=3, steps_per_epoch=2, slab=3, lr=1e-3, seed=1, optimizer="adam",
+                           position_dropout=0.4, sample_fraction=0.5)
+    pairs = [toy_pair(s) for s in range(5)]
+
+    def stream_for(model):
+        made = {}
+
+        def pool(epoch):  # 2 subjects, one replaced per epoch
+            idx = [epoch, epoch + 1]
+            return [made.setdefault(i, prepare_subject(model, *pairs[i], name=str(i))) for i in idx]
+        return pool
+
+    full = toy_model()
+    atlas = build_atlas([lab for _, lab in pairs], VALUES)
+    train(full, stream_for(full), tmp_path / "a", options, atlas=atlas, progress=False)
+    part = toy_model()
+    train(part, stream_for(part), tmp_path / "b", options, atlas=atlas, progress=False, stop_after=2)
+    resumed = toy_model(seed=4)
+    train(resumed, stream_for(resumed), tmp_path / "b", None, atlas=atlas, progress=False, resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("bad, match", [(dict(cohort="big"), "cohort"), (dict(position_dropout=1.0), "position_dropout"),
+                                        (dict(sample_fraction=0.0), "sample_fraction"), (dict(pool=2, refresh=3), "refresh")])
+def test_new_options_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainOptions(**bad)

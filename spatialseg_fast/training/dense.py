@@ -90,9 +90,15 @@ class SlabStep:
     summed loss. ``logits(...)`` gives the logits without gradients (for tests and validation)."""
 
     def __init__(self, model: SpatialSegNet, source, mask_p: torch.Tensor, w0: int, w1: int, atlas=None,
-                 chunk: int = 8192):
+                 chunk: int = 8192, box=None, position_dropout: float = 0.0, generator=None):
         self.model, self.source, self.w0, self.w1, self.atlas, self.chunk = model, source, w0, w1, atlas, chunk
-        self.nz = mask_p[w0:w1].nonzero()
+        self.position_dropout, self.generator = position_dropout, generator
+        sub = mask_p[w0:w1]
+        if box is not None:  # an in-plane sub-box (u0, u1, v0, v1): only its voxels are samples
+            keep = torch.zeros_like(sub)
+            keep[:, box[0] : box[1], box[2] : box[3]] = True
+            sub = sub & keep
+        self.nz = sub.nonzero()
         self.xyz = to_array(model, self.nz, w0)
         nz = self.nz
         self.box = (int(nz[:, 1].min()), int(nz[:, 1].max()) + 1, int(nz[:, 2].min()), int(nz[:, 2].max()) + 1) if len(nz) else None
@@ -117,7 +123,24 @@ class SlabStep:
         if m.prob is not None:
             rows = self.atlas.rows(xyz) if hasattr(self.atlas, "rows") else \
                 self.atlas[:, xyz[:, 0], xyz[:, 1], xyz[:, 2]].T.float()
+        if self.position_dropout > 0:
+            dist, rows = self._drop_position(dist, rows, len(xyz))
         return xyz, dist, rows
+
+    def _drop_position(self, dist, rows, n: int):
+        """Training only: each voxel loses its DistBranch and its ProbBranch input (zeroed),
+        independently, with probability `position_dropout`. Zero atlas rows give zero prior
+        logits and zero distances a constant DistBranch output, so on those voxels the image
+        pathways must carry the answer alone: without this the network learns the position's
+        most frequent label and never leaves it (issue 14)."""
+        p = self.position_dropout
+        if dist is not None:
+            keep = (torch.rand(n, generator=self.generator) >= p).to(dist.dtype)
+            dist = dist * keep.view(-1, 1, 1, 1)
+        if rows is not None:
+            keep = (torch.rand(n, generator=self.generator) >= p).to(rows.dtype)
+            rows = rows * keep.view(-1, 1)
+        return dist, rows
 
     def _head(self, maps, cmap, lo, c0, c1, return_aux):
         m = self.model

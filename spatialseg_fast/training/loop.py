@@ -65,6 +65,20 @@ class TrainOptions:
     seed: int = 0
     chunk: int = 8192
     """dense: voxels per head chunk (bounds the memory; dropout masks are drawn per chunk)."""
+    cohort: str = "paper"
+    """The default recipe's training data: "paper" (10 fixed mildly warped CAT12 subjects, the
+    first shipped models') or "wide" (a stream of fresh subjects, datasets/variability.py)."""
+    pool: int = 12
+    """wide: subjects held at once."""
+    refresh: int = 2
+    """wide: subjects of the pool replaced by fresh ones at every epoch."""
+    position_dropout: float = 0.0
+    """dense: probability that a voxel's DistBranch / ProbBranch input is zeroed (each independently)."""
+    sample_fraction: float = 1.0
+    """dense: share of the slab's voxels used as samples, drawn at random; voxels where the prior
+    is uncertain (atlas top probability < 0.9) are drawn 3x as often (at most all of them). Below 1
+    a step costs less (the per-voxel head is ~70% of a step on a CPU), so the same time buys more,
+    less correlated steps, and the samples concentrate where the image has to decide."""
 
     def __post_init__(self):
         if self.mode not in ("dense", "patch"):
@@ -78,6 +92,14 @@ class TrainOptions:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr}")
+        if self.cohort not in ("paper", "wide"):
+            raise ValueError(f"cohort must be 'paper' or 'wide'; got {self.cohort!r}")
+        if not 0 <= self.position_dropout < 1:
+            raise ValueError(f"position_dropout must be in [0, 1); got {self.position_dropout}")
+        if not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1]; got {self.sample_fraction}")
+        if self.pool < 1 or not 0 <= self.refresh <= self.pool:
+            raise ValueError(f"need pool >= 1 and 0 <= refresh <= pool; got pool {self.pool}, refresh {self.refresh}")
 
 
 @dataclass
@@ -129,7 +151,14 @@ def _dense_step(model, subject: TrainSubject, atlas, options, rng) -> tuple[floa
     slices = mask_p.flatten(1).any(1).nonzero().flatten()
     lo, hi = int(slices.min()), int(slices.max()) + 1
     w0 = int(rng.integers(lo, max(lo + 1, hi - options.slab + 1)))
-    step = SlabStep(model, subject.source, mask_p, w0, min(w0 + options.slab, hi), atlas=atlas, chunk=options.chunk)
+    w1 = min(w0 + options.slab, hi)
+    if options.sample_fraction < 1:
+        mask_p = _subsample(model, mask_p, w0, w1, atlas, options.sample_fraction, rng)
+    gen = None
+    if options.position_dropout > 0:
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    step = SlabStep(model, subject.source, mask_p, w0, w1, atlas=atlas, chunk=options.chunk,
+                    position_dropout=options.position_dropout, generator=gen)
     n = len(step)
     if n == 0:
         return 0.0, 0
@@ -141,6 +170,26 @@ def _dense_step(model, subject: TrainSubject, atlas, options, rng) -> tuple[floa
     with _autocast(options):
         loss = step.run(loss_fn)
     return loss, n
+
+
+def _subsample(model, mask_p, w0: int, w1: int, atlas, fraction: float, rng) -> torch.Tensor:
+    """mask_p with slices w0..w1 thinned: each voxel kept with probability `fraction`, or
+    min(1, 3 fraction) where the atlas's top probability is < 0.9 (the prior is uncertain)."""
+    from .dense import to_array
+
+    out = mask_p.clone()
+    sub = out[w0:w1]
+    nz = sub.nonzero()
+    if len(nz) == 0:
+        return out
+    p = torch.full((len(nz),), fraction)
+    if atlas is not None and hasattr(atlas, "prob"):
+        xyz = to_array(model, nz, w0)
+        top = atlas.prob[0, xyz[:, 0], xyz[:, 1], xyz[:, 2]].float()
+        p[top < 0.9] = min(1.0, 3 * fraction)
+    keep = torch.from_numpy(rng.random(len(nz))) < p
+    sub[nz[~keep].unbind(1)] = False
+    return out
 
 
 def _patch_step(model, subject: TrainSubject, atlas, options, rng) -> tuple[float, int]:
@@ -209,10 +258,11 @@ def _restore(path: Path, model, optimizer) -> tuple[int, TrainResult]:
     return int(info["epoch"]) + 1, result
 
 
-def train(model: SpatialSegNet, subjects: list[TrainSubject], out_dir, options: TrainOptions | None = None, *,
+def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None = None, *,
           atlas=None, validate=None, resume: bool = False, progress: bool = True, metadata: dict | None = None,
           stop_after: int | None = None) -> TrainResult:
-    """Train `model` in place on prepared `subjects`; checkpoints in `out_dir`.
+    """Train `model` in place on prepared `subjects` (a list of TrainSubject, or a callable
+    epoch -> list, e.g. stream.SubjectPool); checkpoints in `out_dir`.
 
     atlas: the ProbBranch atlas (stored in the checkpoints with the model).
     validate: callable(model) -> mean validation Dice, run after every epoch (None: no validation;
@@ -231,7 +281,7 @@ def train(model: SpatialSegNet, subjects: list[TrainSubject], out_dir, options: 
             raise ValueError(f"resuming continues the run with its saved options; these differ: {diff}")
         options = saved
     options = options or TrainOptions()
-    if not subjects:
+    if not callable(subjects) and not subjects:
         raise ValueError("no training subjects")
     if model.prob is not None and atlas is None:
         raise ValueError("this model has a ProbBranch: pass the atlas built from the training labels")
@@ -257,8 +307,9 @@ def train(model: SpatialSegNet, subjects: list[TrainSubject], out_dir, options: 
         model.train()
         t0, losses, samples = time.perf_counter(), [], 0
         bar = Progress(options.steps_per_epoch, f"epoch {epoch + 1}/{options.epochs}", "steps", enabled=progress)
+        pool = subjects(epoch) if callable(subjects) else subjects
         for _ in range(options.steps_per_epoch):
-            subject = subjects[int(rng.integers(len(subjects)))]
+            subject = pool[int(rng.integers(len(pool)))]
             optimizer.zero_grad(set_to_none=True)
             loss, n = step_fn(model, subject, atlas, options, rng)
             if n:

@@ -30,7 +30,10 @@ def template_volume(image: np.ndarray, affine: np.ndarray):
 
 
 def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
-         val_slabs, template_image=None):
+         val_slabs, template_image=None, stream=None, atlas_maps=None):
+    """train_pairs: (image, labels, name) triples, or None with `stream` (a callable epoch -> list
+    of prepared subjects, made for `model`); atlas_maps: the label maps of the ProbBranch atlas
+    (default: the training labels)."""
     from ..datasets.atlas import build_atlas
 
     values = model.config.output_values()
@@ -43,32 +46,82 @@ def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, meta
     if template_image is None:  # the mean training image stands in for a template
         template_image = np.mean([img for img, _, _ in train_pairs], axis=0)
     model.template = template_volume(template_image, grid[1])
-    atlas = build_atlas([lab for _, lab, _ in train_pairs], values) if model.prob is not None else None
-    if progress:
+    if atlas_maps is None:
+        atlas_maps = [lab for _, lab, _ in train_pairs]
+    atlas = build_atlas(atlas_maps, values) if model.prob is not None else None
+    if progress and train_pairs is not None:
         print(f"preparing {len(train_pairs)} training and {len(val_pairs)} validation subjects", flush=True)
-    subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in train_pairs]
+    if train_pairs is None:
+        subjects = stream
+    else:
+        subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in train_pairs]
     val_subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in val_pairs]
     validate = None
     if val_subjects:
         validate = lambda m: slab_dice(m, val_subjects, atlas, slabs=val_slabs, precision=options.precision)
     meta = dict(metadata)
     meta["template"] = {"shape": list(grid[0]), "affine": np.asarray(grid[1]).tolist()}
-    meta["subjects"] = {"train": [n for _, _, n in train_pairs], "validation": [n for _, _, n in val_pairs]}
+    meta["subjects"] = {"train": [n for _, _, n in train_pairs] if train_pairs is not None else "stream",
+                        "validation": [n for _, _, n in val_pairs]}
     result = train(model, subjects, out_dir, options, atlas=atlas, validate=validate, resume=resume, progress=progress,
                    metadata=meta, stop_after=stop_after)
     return result
 
 
+# Seeds of the wide distribution's streams: each subject is (seed, index), so separate seeds keep
+# training, atlas, validation and test subjects apart (bench/heldout_warped.py uses its own).
+WIDE_SEEDS = {"train": 1000, "atlas": 1500, "validation": 2000, "test": 3000}
+ATLAS_SUBJECTS = 40
+"""Wide subjects whose labels make the ProbBranch atlas: an honest prior, as uncertain as the
+anatomy the network will meet, instead of one sharpened by ten mildly warped maps."""
+
+
+def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, progress, stop_after, atlas_subjects):
+    from ..datasets import label_table, load_source, template_grid
+    from ..datasets.variability import Variability
+    from .stream import SubjectPool, wide_cohort
+
+    values, names = label_table()
+    model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
+                        label_names=names)
+    base = load_source("cat12")
+    grid = template_grid()
+    spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
+    v = Variability()
+    atlas_maps = None
+    if model.prob is not None:
+        if progress:
+            print(f"making the atlas from {atlas_subjects} wide subjects", flush=True)
+        atlas_maps = [s.labels for s in wide_cohort(base, atlas_subjects, WIDE_SEEDS["atlas"] + seed, v)]
+    val = wide_cohort(base, n_val, WIDE_SEEDS["validation"] + seed, v)
+    pool = SubjectPool(model, base, WIDE_SEEDS["train"] + seed, options.pool, options.refresh, v, spacing, progress)
+    meta = {"data": f"wide stream seed {WIDE_SEEDS['train'] + seed} (pool {options.pool}, {options.refresh} fresh per "
+                    f"epoch), atlas from {atlas_subjects} wide subjects", "license": LICENSE_NOTE,
+            "variability": v.as_dict()}
+    return _run(model, None, [(s.image, s.labels, s.name) for s in val], out_dir, options, grid=grid, spacing=spacing,
+                metadata=meta, resume=resume, progress=progress, stop_after=stop_after, val_slabs=val_slabs,
+                template_image=base.image, stream=pool, atlas_maps=atlas_maps)
+
+
 def train_default(out_dir, options: TrainOptions | None = None, *, preset: str = "full", seed: int = 0,
                   n_train: int = 10, n_val: int = 5, val_slabs: int = 6, resume: bool = False, progress: bool = True,
-                  stop_after: int | None = None):
-    """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, trained on
-    the paper's split of CAT12 pseudo-subjects (datasets.paper_split), validated on slabs of the
-    validation subjects; checkpoints in `out_dir` (best.safetensors is the model to use)."""
+                  stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS):
+    """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, on CAT12
+    pseudo-subjects. ``options.cohort == "wide"`` (the shipped model's): a stream of fresh subjects
+    of the wide distribution (training/stream.py), the atlas from `atlas_subjects` more, validated
+    on `n_val` wide subjects; "paper": the paper's split (10 training subjects, datasets.paper_split).
+    Checkpoints in `out_dir` (best.safetensors is the model to use)."""
     from ..datasets import label_table, template_grid
     from ..datasets.cohort import SPLIT, make_cohort, load_source
 
+    if resume and options is None:
+        from .loop import saved_options
+
+        options = saved_options(out_dir)
     options = options or TrainOptions()
+    if options.cohort == "wide":
+        return _train_wide(out_dir, options, preset=preset, seed=seed, n_val=n_val, val_slabs=min(val_slabs, 4), resume=resume,
+                           progress=progress, stop_after=stop_after, atlas_subjects=atlas_subjects)
     values, names = label_table()
     model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
                         label_names=names)
