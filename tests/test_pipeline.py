@@ -222,7 +222,7 @@ def test_bad_masks_models_outputs_and_devices(tmp_path, toy_model_path, capsys, 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["segment", str(src), "-o", str(blocker), "--model", str(toy_model_path), "--quiet"]) == 2
-    assert "cannot create the output folder" in capsys.readouterr().err
+    assert "is an existing file" in capsys.readouterr().err
     import os
 
     real_access = os.access

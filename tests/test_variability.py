@@ -11,7 +11,7 @@ from spatialseg_fast.datasets.variability import (HELDOUT, Variability, displace
                                                   make_wide_subject, synthesize)
 from spatialseg_fast.training.stream import SubjectPool, slot_indices
 
-PLAIN = replace(HELDOUT, warp_mm=(3.0, 4.5), residual_affine=False)  # deformation only
+PLAIN = replace(HELDOUT, warp_mm=(3.0, 4.5), warp_min_max_mm=0.0)  # deformation only
 
 
 def blob(shape=(48, 52, 44)):
@@ -44,6 +44,15 @@ def test_mean_displacement_is_drawn_in_range_without_folding():
         assert stats["min_jacobian"] > 0
         means.append(stats["mean_mm"])
     assert np.ptp(means) > 0.05  # the size itself is drawn per subject
+
+
+def test_the_heldout_warp_reaches_its_largest_displacement():
+    base = blob()
+    mask = torch.from_numpy(base.mask)
+    for i in range(2):
+        _, disp = make_wide_subject(base, 4, i, HELDOUT, return_field=True)
+        stats = displacement_stats(disp, (1.0, 1.0, 1.0), mask)
+        assert stats["max_mm"] >= 12.0 - 1e-3 and stats["mean_mm"] >= 3.0 - 1e-3
 
 
 def test_displacement_stats_of_a_known_field():

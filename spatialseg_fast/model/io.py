@@ -167,9 +167,13 @@ def load_default_model(device="cpu") -> SpatialSegNet:
     return load_model(path, device)
 
 
-def export_model(src, dst, dtype=torch.float16, template=None) -> Path:
+def export_model(src, dst, dtype=torch.float16, template=None, card: dict | None = None) -> Path:
     """A checkpoint as a model to ship: weights in `dtype`, atlas and metadata (training history
-    included, as the model card) kept, optimizer state dropped; `template` (a Volume) added."""
+    included, as the model card) kept, optimizer state dropped; `template` (a Volume) added;
+    `card` (e.g. hardware, held-out figures) stored as the metadata's "card" entry."""
     model = load_model(src)
-    return save_model(model, dst, atlas=model.atlas, metadata=dict(model.metadata), dtype=dtype,
+    metadata = dict(model.metadata)
+    if card:
+        metadata["card"] = dict(card)
+    return save_model(model, dst, atlas=model.atlas, metadata=metadata, dtype=dtype,
                       template=template if template is not None else model.template)

@@ -183,7 +183,7 @@ def train_on_folders(images, labels, out_dir, options: TrainOptions | None = Non
                 stop_after=stop_after, val_slabs=val_slabs)
 
 
-def export_default(checkpoint, dst=None):
+def export_default(checkpoint, dst=None, card: dict | None = None):
     """A trained checkpoint of the default recipe as the shipped model: float16 weights, the sparse
     atlas, the 2 mm CAT12 registration template, the training record as model card; written to
     `dst` (default: the package's weights/default.safetensors)."""
@@ -193,4 +193,4 @@ def export_default(checkpoint, dst=None):
     if dst is None:
         dst = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
     template = template_volume(load_source("cat12").image, template_grid()[1])
-    return export_model(checkpoint, dst, dtype=torch.float16, template=template)
+    return export_model(checkpoint, dst, dtype=torch.float16, template=template, card=card)
