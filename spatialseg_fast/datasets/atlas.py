@@ -27,25 +27,28 @@ def build_atlas(label_maps, label_values, k: int = 4) -> SparseAtlas:
         if (c < 0).any():
             raise ValueError(f"a label map holds values outside the label table: {sorted(set(np.unique(m)) - set(values.tolist()))[:5]}")
         ids.append(c)
-    ids = np.stack(ids)  # [N, D, H, W]
     n = len(maps)
     k = min(k, n, L)
-    # per voxel: counts of the classes present, via sorting the N ids
-    flat = np.sort(ids.reshape(n, -1), axis=0)  # [N, V]
-    V = flat.shape[1]
+    V = int(np.prod(shape))
+    flat = [c.reshape(-1) for c in ids]
     top_idx = np.zeros((k, V), dtype=np.int64)
     top_cnt = np.zeros((k, V), dtype=np.int64)
-    # run-length encode each column: a new run starts where the sorted id changes
-    starts = np.ones_like(flat, dtype=bool)
-    starts[1:] = flat[1:] != flat[:-1]
-    run_id = np.cumsum(starts, axis=0) - 1  # [N, V] run number within its column
-    counts = np.zeros((n, V), dtype=np.int64)
-    np.add.at(counts, (run_id, np.broadcast_to(np.arange(V), (n, V))), 1)
-    first = np.zeros((n, V), dtype=np.int64)
-    first[run_id[starts], np.nonzero(starts)[1]] = flat[starts]
-    order = np.argsort(-counts, axis=0, kind="stable")[:k]
-    top_cnt = np.take_along_axis(counts, order, 0)
-    top_idx = np.take_along_axis(first, order, 0)
+    # per chunk of voxels: class counts [chunk, L] from one bincount over all maps, then the k
+    # largest by repeated argmax (the first maximum: ties go to the lower class index, as a stable
+    # sort would). Memory O(chunk * (L + N)), time O(N V + k V L); sorting the [N, V] ids along
+    # N instead took minutes for 40 maps of a 1 mm template grid.
+    step = max(1, 2_000_000 // L)
+    for v0 in range(0, V, step):
+        v1 = min(v0 + step, V)
+        offs = np.arange(v1 - v0, dtype=np.int64) * L
+        keys = np.concatenate([offs + c[v0:v1] for c in flat])
+        counts = np.bincount(keys, minlength=(v1 - v0) * L).reshape(v1 - v0, L)
+        rows = np.arange(v1 - v0)
+        for j in range(k):
+            best = counts.argmax(1)
+            top_idx[j, v0:v1] = best
+            top_cnt[j, v0:v1] = counts[rows, best]
+            counts[rows, best] = -1
     total = top_cnt.sum(0, keepdims=True)
     prob = (top_cnt / np.maximum(total, 1)).astype(np.float16)
     top_idx[top_cnt == 0] = 0

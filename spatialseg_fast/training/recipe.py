@@ -46,9 +46,15 @@ def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, meta
     if template_image is None:  # the mean training image stands in for a template
         template_image = np.mean([img for img, _, _ in train_pairs], axis=0)
     model.template = template_volume(template_image, grid[1])
-    if atlas_maps is None:
-        atlas_maps = [lab for _, lab, _ in train_pairs]
-    atlas = build_atlas(atlas_maps, values) if model.prob is not None else None
+    atlas = None
+    if model.prob is not None:
+        last = Path(out_dir) / "last.safetensors"
+        if resume and last.is_file():  # the run's own atlas (rebuilding it from 40 subjects takes minutes)
+            from ..model.io import load_model
+
+            atlas = load_model(last).atlas
+        else:
+            atlas = build_atlas(atlas_maps if atlas_maps is not None else [lab for _, lab, _ in train_pairs], values)
     if progress and train_pairs is not None:
         print(f"preparing {len(train_pairs)} training and {len(val_pairs)} validation subjects", flush=True)
     if train_pairs is None:
@@ -89,7 +95,7 @@ def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, pro
     spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
     v = Variability()
     atlas_maps = None
-    if model.prob is not None:
+    if model.prob is not None and not (resume and (Path(out_dir) / "last.safetensors").is_file()):
         if progress:
             print(f"making the atlas from {atlas_subjects} wide subjects", flush=True)
         atlas_maps = [s.labels for s in wide_cohort(base, atlas_subjects, WIDE_SEEDS["atlas"] + seed, v)]
