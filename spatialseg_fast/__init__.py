@@ -20,6 +20,12 @@ from .model import ModelConfig, ModelNotFoundError, SpatialSegNet, build_model, 
 from .volume import Volume
 
 
+def _cpu_bf16_unit():
+    from .precision import cpu_bf16_unit
+
+    return cpu_bf16_unit()
+
+
 def build_info() -> dict:
     """What this installation can use: version, C++ extension and OpenMP, threads, Triton, CUDA."""
     import os
@@ -45,6 +51,8 @@ def build_info() -> dict:
         if torch.cuda.is_available()
         else [],
         "disable_ext": os.environ.get("SPATIALSEG_DISABLE_EXT", ""),
+        "cpu_bf16_unit": _cpu_bf16_unit(),
+        "auto_precision": "bf16" if torch.cuda.is_available() or _cpu_bf16_unit() else "fp32",
     }
     try:
         ext = _backend.extension()

@@ -61,6 +61,15 @@ def _cmd_demo(args) -> int:
     return _model_demo(args)
 
 
+def _precision_name(args) -> str:
+    if args.precision != "auto":
+        return args.precision
+    from spatialseg_fast.inference import resolve_device
+    from spatialseg_fast.precision import auto_precision
+
+    return f"auto = {auto_precision(resolve_device(args.device))}"
+
+
 DEMO_SEED = 4000  # the held-out benchmark's first ICBM subject (bench/heldout_warped.py)
 
 
@@ -82,7 +91,7 @@ def _model_demo(args) -> int:
     t_start = time.perf_counter()
     info = spatialseg_fast.build_info()
     print(f"spatialseg_fast {info['version']}: C++ extension {'yes' if info['extension'] else 'no'}, "
-          f"{info['torch_threads']} threads, CUDA {'yes' if info['cuda'] else 'no'}, precision {args.precision}")
+          f"{info['torch_threads']} threads, CUDA {'yes' if info['cuda'] else 'no'}, precision {_precision_name(args)}")
     try:
         model = load_default_model()
         print("making the held-out demo subject (the ICBM 2009c T1, a template never used in training, with the "
@@ -571,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("out", nargs="?", default="spatialseg_demo", help="output folder (default ./spatialseg_demo)")
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    demo.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                      help="auto (default): bf16 on CUDA or a CPU with bf16 units, else fp32 (the exact mode)")
     demo.add_argument("--kernels", action="store_true", help="the kernel demo on synthetic volumes instead")
     demo.add_argument("--n", type=int, default=4096, help="--kernels: patch centres (default 4096)")
     demo.add_argument("--shape", type=int, nargs=3, default=[182, 218, 182], metavar=("D", "H", "W"))
@@ -627,7 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(X.nii.gz or X.nii)")
     sg.add_argument("--model", help="model file (default: the shipped weights)")
     sg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    sg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    sg.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="auto (default): bf16 on CUDA or on a CPU with native bf16 units (AMX-BF16/AVX512-BF16, see "
+                    "`spatialseg info`), fp32 elsewhere; fp32 is the exact mode")
     sg.add_argument("--threads", type=int, help="CPU threads (default: all)")
     sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: its non-zero voxels)")
     sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")

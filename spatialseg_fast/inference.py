@@ -247,6 +247,11 @@ class DenseEngine:
                  memory_budget: int | None = None, slab: int | None = None, chunk: int | None = None):
         model = _check_model(model)
         self.device = resolve_device(device)
+        if precision == "auto":
+            from .precision import auto_precision
+
+            precision = auto_precision(self.device)
+        self.precision = precision
         self.dtype = resolve_precision(precision)
         self.threads = threads
         for name, v in (("threads", threads), ("memory_budget", memory_budget), ("slab", slab), ("chunk", chunk)):
@@ -462,7 +467,7 @@ def to_label_values(model: SpatialSegNet, classes: np.ndarray) -> np.ndarray:
 
 
 def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None, spacing=None, device="auto",
-            precision: str = "fp32", threads: int | None = None, return_probabilities=None, progress: bool = False,
+            precision: str = "auto", threads: int | None = None, return_probabilities=None, progress: bool = False,
             memory_budget: int | None = None):
     """Segment a whole volume into the model's classes with the dense engine.
 
@@ -475,7 +480,9 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
         else is background (0).
     atlas: [L, D, H, W] class probabilities for ProbBranch models (default: the model's own).
     spacing: voxel size in mm for a plain array (default 1 mm); ignored for a Volume.
-    device: "auto" | "cpu" | "cuda[:N]". precision: "fp32" | "bf16" | "fp16".
+    device: "auto" | "cpu" | "cuda[:N]". precision: "auto" (default: bf16 on CUDA and on CPUs with
+        native bf16 units, AMX-BF16 / AVX512-BF16; fp32 elsewhere, see precision.py) | "fp32" (the
+        exact mode) | "bf16" | "fp16".
     threads: CPU threads for this call (default: torch's setting).
     return_probabilities: labels (output label values) whose softmax probability maps to return
         too (float16), in the order given.

@@ -58,7 +58,7 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 
 
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
-                   precision: str = "fp32", threads=None, probabilities=None, progress: bool = False) -> SegmentationResult:
+                   precision: str = "auto", threads=None, probabilities=None, progress: bool = False) -> SegmentationResult:
     """Segment a skull-stripped T1 `image` (a Volume on any grid) with `model`; see the module doc."""
     t0 = time.perf_counter()
     stage = _Stages(progress)
