@@ -531,7 +531,8 @@ def _cmd_train(args) -> int:
                                    slab=args.slab, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
                                    seed=args.seed, optimizer=args.optimizer, clip_grad=args.clip_grad,
                                    cohort=args.cohort, pool=args.pool, refresh=args.refresh,
-                                   position_dropout=args.position_dropout, sample_fraction=args.sample_fraction)
+                                   position_dropout=args.position_dropout, sample_fraction=args.sample_fraction,
+                                   box=args.box, boxes_per_step=args.boxes_per_step)
         if (args.images is None) != (args.labels is None):
             raise ValueError("--images and --labels go together")
         if args.images is None and not 1 <= args.val_subjects <= 5:
@@ -542,7 +543,11 @@ def _cmd_train(args) -> int:
         if args.images is not None:
             result = train_on_folders(args.images, args.labels, args.out, options, **common)
         else:
-            result = train_default(args.out, options, n_val=args.val_subjects, **common)
+            if args.init == "default":
+                from spatialseg_fast.model import default_model_path
+
+                args.init = default_model_path()
+            result = train_default(args.out, options, n_val=args.val_subjects, init=args.init, **common)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"spatialseg train: error: {exc}", file=sys.stderr)
         return 2
@@ -683,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--refresh", type=int, default=2, help="wide: fresh subjects per epoch (default 2)")
     tr.add_argument("--position-dropout", type=float, default=0.0,
                     help="dense: probability of zeroing a voxel's DistBranch/ProbBranch input (default 0)")
+    tr.add_argument("--init", metavar="MODEL",
+                    help="--cohort wide: start from this model file's weights (same preset; 'default': the shipped ones)")
+    tr.add_argument("--box", type=int, default=0,
+                    help="dense: samples of a step come from a random in-plane box of this side (voxels; 0: whole slab)")
+    tr.add_argument("--boxes-per-step", type=int, default=1,
+                    help="dense: boxes, each from a randomly drawn subject, accumulated into one step (default 1)")
     tr.add_argument("--sample-fraction", type=float, default=1.0,
                     help="dense: share of confident voxels (atlas >= 0.9) used per slab; uncertain ones always (default 1)")
     tr.add_argument("--images", help="your own scans: a folder of NIfTI images (all on one grid, skull-stripped)")

@@ -223,3 +223,44 @@ def test_resume_is_exact_with_a_stream_and_the_new_options(tmp_path):
 def test_new_options_are_checked(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainOptions(**bad)
+
+
+def test_box_steps_sample_only_inside_a_box_and_accumulate_parts(tmp_path):
+    from spatialseg_fast.training.loop import _random_box
+
+    model = toy_model()
+    subjects, atlas = toy_data(model, 2)
+    s = subjects[0]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        box = _random_box(s.mask_p, 3, 6, 8, rng)
+        u0, u1, v0, v1 = box
+        assert u1 - u0 == 8 and v1 - v0 == 8 and 0 <= u0 and u1 <= s.mask_p.shape[1]
+        step = SlabStep(model, s.source, s.mask_p, 3, 6, atlas=atlas, box=box)
+        assert len(step) > 0
+        assert ((step.nz[:, 1] >= u0) & (step.nz[:, 1] < u1) & (step.nz[:, 2] >= v0) & (step.nz[:, 2] < v1)).all()
+    # a step of two boxes from drawn subjects trains and resumes exactly like any other
+    options = TrainOptions(epochs=2, steps_per_epoch=2, slab=3, box=8, boxes_per_step=2, lr=1e-3, optimizer="adam")
+    a, b = toy_model(), toy_model()
+    train(a, subjects, tmp_path / "a", options, atlas=atlas, progress=False)
+    train(b, subjects, tmp_path / "b", options, atlas=atlas, progress=False, stop_after=1)
+    train(b, subjects, tmp_path / "b", None, atlas=atlas, progress=False, resume=True)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="boxes_per_step"):
+        TrainOptions(boxes_per_step=0)
+
+
+def test_init_starts_from_another_models_weights(tmp_path):
+    from spatialseg_fast import save_model
+    from spatialseg_fast.training.recipe import _init_from
+
+    source = toy_model(seed=3)
+    save_model(source, tmp_path / "m.safetensors")
+    model = toy_model(seed=0)
+    _init_from(model, tmp_path / "m.safetensors")
+    for (name, x), y in zip(source.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(x, y), name
+    other = build_model("basenet", len(VALUES), seed=0, label_values=VALUES, intensity_reference="brain_median")
+    with pytest.raises(ValueError, match="another configuration"):
+        _init_from(other, tmp_path / "m.safetensors")

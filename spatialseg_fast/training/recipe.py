@@ -30,14 +30,14 @@ def template_volume(image: np.ndarray, affine: np.ndarray):
 
 
 def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
-         val_slabs, template_image=None, stream=None, atlas_maps=None):
+         val_slabs, template_image=None, stream=None, atlas_maps=None, keep_fc3=False):
     """train_pairs: (image, labels, name) triples, or None with `stream` (a callable epoch -> list
     of prepared subjects, made for `model`); atlas_maps: the label maps of the ProbBranch atlas
     (default: the training labels)."""
     from ..datasets.atlas import build_atlas
 
     values = model.config.output_values()
-    if model.prob is not None and not resume:
+    if model.prob is not None and not resume and not keep_fc3:
         # start from the atlas prior: with the main path's last layer at zero the first logits
         # are ProbBranch's alone (argmax = the atlas's most frequent class); the auxiliary losses
         # train BaseNet and DistBranch from the first step, and fc3 opens up as they improve
@@ -82,7 +82,18 @@ ATLAS_SUBJECTS = 40
 anatomy the network will meet, instead of one sharpened by ten mildly warped maps."""
 
 
-def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, progress, stop_after, atlas_subjects):
+def _init_from(model, path) -> None:
+    """Start `model` from the weights of the model file `path` (same configuration)."""
+    from ..model.io import load_model
+
+    source = load_model(path)
+    if source.config != model.config:
+        raise ValueError(f"--init {path}: that model has another configuration than this run's")
+    model.load_state_dict(source.state_dict())
+
+
+def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, progress, stop_after, atlas_subjects,
+                init=None):
     from ..datasets import label_table, load_source, template_grid
     from ..datasets.variability import Variability
     from .stream import SubjectPool, wide_cohort
@@ -90,6 +101,8 @@ def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, pro
     values, names = label_table()
     model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
                         label_names=names)
+    if init is not None and not resume:
+        _init_from(model, init)
     base = load_source("cat12")
     grid = template_grid()
     spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
@@ -104,18 +117,21 @@ def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, pro
     meta = {"data": f"wide stream seed {WIDE_SEEDS['train'] + seed} (pool {options.pool}, {options.refresh} fresh per "
                     f"epoch), atlas from {atlas_subjects} wide subjects", "license": LICENSE_NOTE,
             "variability": v.as_dict()}
+    if init is not None:
+        meta["init"] = str(init)
     return _run(model, None, [(s.image, s.labels, s.name) for s in val], out_dir, options, grid=grid, spacing=spacing,
                 metadata=meta, resume=resume, progress=progress, stop_after=stop_after, val_slabs=val_slabs,
-                template_image=base.image, stream=pool, atlas_maps=atlas_maps)
+                template_image=base.image, stream=pool, atlas_maps=atlas_maps, keep_fc3=init is not None)
 
 
 def train_default(out_dir, options: TrainOptions | None = None, *, preset: str = "full", seed: int = 0,
                   n_train: int = 10, n_val: int = 5, val_slabs: int = 6, resume: bool = False, progress: bool = True,
-                  stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS):
+                  stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS, init=None):
     """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, on CAT12
     pseudo-subjects. ``options.cohort == "wide"`` (the shipped model's): a stream of fresh subjects
     of the wide distribution (training/stream.py), the atlas from `atlas_subjects` more, validated
     on `n_val` wide subjects; "paper": the paper's split (10 training subjects, datasets.paper_split).
+    init: a model file of the same preset to start from (wide only; e.g. the shipped weights).
     Checkpoints in `out_dir` (best.safetensors is the model to use)."""
     from ..datasets import label_table, template_grid
     from ..datasets.cohort import SPLIT, make_cohort, load_source
@@ -127,7 +143,7 @@ def train_default(out_dir, options: TrainOptions | None = None, *, preset: str =
     options = options or TrainOptions()
     if options.cohort == "wide":
         return _train_wide(out_dir, options, preset=preset, seed=seed, n_val=n_val, val_slabs=min(val_slabs, 4), resume=resume,
-                           progress=progress, stop_after=stop_after, atlas_subjects=atlas_subjects)
+                           progress=progress, stop_after=stop_after, atlas_subjects=atlas_subjects, init=init)
     values, names = label_table()
     model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
                         label_names=names)
