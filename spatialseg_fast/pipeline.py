@@ -37,6 +37,8 @@ class SegmentationResult:
     """Template world -> input world (identity without registration)."""
     seconds: float = 0.0
     brain_voxels: int = 0
+    stages: dict = field(default_factory=dict)
+    """Seconds per pipeline stage: register, resample, segment, map back (as they ran)."""
 
 
 def template_grid_of(model: SpatialSegNet) -> tuple[tuple, np.ndarray]:
@@ -102,17 +104,18 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
             probs[value] = Volume(np.clip(moved_p.data, 0, 1).astype(np.float16), image.affine, image.header)
     stage.done("map back")
     return SegmentationResult(labels=labels, probabilities=probs, volumes=structure_volumes(labels, model), transform=transform,
-                              seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()))
+                              seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()), stages=stage.seconds)
 
 
 class _Stages:
     """One line per finished pipeline stage with its seconds (stderr), when enabled."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.t = enabled, time.perf_counter()
+        self.enabled, self.t, self.seconds = enabled, time.perf_counter(), {}
 
     def done(self, name: str) -> None:
         now = time.perf_counter()
+        self.seconds[name] = now - self.t
         if self.enabled:
             print(f"  {name}: {now - self.t:.1f} s", file=sys.stderr, flush=True)
         self.t = now
@@ -129,8 +132,13 @@ def structure_volumes(labels: Volume, model: SpatialSegNet) -> list:
 
 
 def segment_file(path, model: SpatialSegNet, *, mask_path=None, **kwargs) -> SegmentationResult:
+    t0 = time.perf_counter()
     image = load_volume(path)
     mask = load_volume(mask_path, kind="mask") if mask_path is not None else None
     if mask is not None:
         check_mask(mask, image, f"mask {mask_path}")
-    return segment_volume(image, model, mask=mask, **kwargs)
+    load_s = time.perf_counter() - t0
+    result = segment_volume(image, model, mask=mask, **kwargs)
+    result.stages = {"load": load_s, **result.stages}
+    result.seconds += load_s
+    return result
