@@ -411,6 +411,11 @@ def _volume_rows(stem: str, volumes) -> list[dict]:
 def _cmd_segment(args) -> int:
     import os
 
+    from spatialseg_fast.cli_batch import cohort_requested, run_cohort
+
+    if cohort_requested(args):  # --workers/--scheduler/--shard/--retries/--results: spatialseg_fast.batch
+        return run_cohort(args)
+
     from spatialseg_fast.pipeline import segment_file, structure_volumes
     from spatialseg_fast.qc import qc_picture
     from spatialseg_fast.volume import load_label_map, load_volume, save_volume, to_ras
@@ -656,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--skip-existing", action="store_true", help="skip subjects whose labels file already exists")
     sg.add_argument("--quiet", action="store_true", help="no progress bars")
     sg.set_defaults(func=_cmd_segment)
+    from spatialseg_fast.cli_batch import add_batch_arguments
+
+    add_batch_arguments(sg)
 
     tr = sub.add_parser(
         "train",
