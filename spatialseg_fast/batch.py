@@ -161,11 +161,12 @@ def select_shard(inputs, shard) -> list:
 
 
 # -- the per-subject flow ---------------------------------------------------------------------
-def write_subject(path, out_dir, model, *, stem: str | None = None, qc_path=None, **options):
+def write_subject(path, out_dir, model, *, stem: str | None = None, qc_path=None, save_mask: bool = False, **options):
     """Segment one input with ``segment_file(path, model, **options)`` and write its outputs to
     `out_dir`: the QC picture (``qc_path``), ``<stem>_prob-<label>.nii.gz`` per probability map
     asked for, and ``<stem>_labels.nii.gz`` last (atomically: its presence means the subject is
-    complete). Returns the SegmentationResult."""
+    complete); with `save_mask`, the brain mask used as ``<stem>_brainmask.nii.gz``. Returns the
+    SegmentationResult."""
     from .volume import load_volume, save_volume, to_ras
 
     stem = stem or subject_stem(path)
@@ -178,6 +179,8 @@ def write_subject(path, out_dir, model, *, stem: str | None = None, qc_path=None
         qc_picture(img.data, to_ras(result.labels).data, img.spacing, qc_path, label_values=model.config.output_values())
     for value, prob in result.probabilities.items():
         save_volume(prob, out / f"{stem}_prob-{value}.nii.gz")
+    if save_mask and result.brain_mask is not None:
+        save_volume(result.brain_mask, out / f"{stem}_brainmask.nii.gz")
     save_volume(result.labels, labels_path(out, stem))
     return result
 

@@ -481,9 +481,11 @@ def _cmd_segment(args) -> int:
                 if args.volumes:  # the table still lists every subject
                     rows += _volume_rows(stem, structure_volumes(load_label_map(target), model))
                 continue
+            if not args.quiet:
+                print(f"[{i}/{len(inputs)}] {stem}:", file=sys.stderr, flush=True)
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, skull_strip=args.skull_strip)
             if args.qc:
                 picture = qc_file or Path(args.qc) / f"{stem}_qc.png"
                 img = to_ras(load_volume(path))
@@ -491,6 +493,8 @@ def _cmd_segment(args) -> int:
                            label_values=model.config.output_values())
             for value, prob in result.probabilities.items():
                 save_volume(prob, out / f"{prefix}_prob-{value}.nii.gz")
+            if args.save_mask:
+                save_volume(result.brain_mask, out / f"{prefix}_brainmask.nii.gz")
             save_volume(result.labels, target)  # last: its presence means the subject is complete
         except (ValueError, RuntimeError, OSError) as exc:
             print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
@@ -634,12 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sg = sub.add_parser(
         "segment",
-        help="segment skull-stripped T1 NIfTI images; labels come back on each input's own grid",
-        description="Segment skull-stripped T1 images (.nii/.nii.gz; files, folders or globs). Each input is "
-        "registered affinely to the model's template (unless --no-register: then it must already be in "
-        "template space, on any grid), resampled onto the template grid, segmented densely, and its labels are "
-        "mapped back onto the input's own grid and affine. Outputs in OUT: <name>_labels.nii.gz (written last, "
-        "atomically), and on request probability maps, a volumes table and QC pictures.",
+        help="segment T1 NIfTI images (heads are skull-stripped first); labels come back on each input's own grid",
+        description="Segment T1 images (.nii/.nii.gz; files, folders or globs). A whole head is skull-stripped "
+        "first (--skull-strip, deepbet from the [strip] extra); a brain is taken as it is (its mask: the non-zero "
+        "voxels, enclosed holes filled). Each input is registered affinely to the model's template (unless "
+        "--no-register: then it must already be in template space, on any grid), resampled onto the template grid, "
+        "segmented densely, and its labels are mapped back onto the input's own grid and affine. Outputs in OUT: "
+        "<name>_labels.nii.gz (written last, atomically; with one input, -o X.nii.gz writes exactly X.nii.gz), the "
+        "label tables for viewers (FreeSurfer LUT, ITK-SNAP), and on request probability maps, the brain mask, a "
+        "volumes table and QC pictures.",
     )
     sg.add_argument("inputs", nargs="+", metavar="IN", help="input images: files, folders or glob patterns")
     sg.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -651,7 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): bf16 on CUDA or on a CPU with native bf16 units (AMX-BF16/AVX512-BF16, see "
                     "`spatialseg info`), fp32 elsewhere; fp32 is the exact mode")
     sg.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: its non-zero voxels)")
+    sg.add_argument("--skull-strip", choices=["auto", "yes", "no"], default="auto",
+                    help="auto (default): strip the skull when the image looks like a whole head (signal volume and "
+                    "background test), with deepbet from the [strip] extra (pip install \"spatialseg_fast[strip]\"); "
+                    "without it a head is refused; yes: always strip; no: the image is already a brain")
+    sg.add_argument("--save-mask", action="store_true", help="also write the brain mask used as <name>_brainmask.nii.gz")
+    sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: the stripped brain, or the "
+                    "non-zero voxels with enclosed holes filled)")
     sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")

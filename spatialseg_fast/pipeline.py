@@ -37,6 +37,10 @@ class SegmentationResult:
     """Template world -> input world (identity without registration)."""
     seconds: float = 0.0
     brain_voxels: int = 0
+    brain_mask: Volume | None = None
+    """The brain mask used, on the input's grid (uint8; from skull stripping, --mask or the image)."""
+    stripped: bool = False
+    """Whether the image was skull-stripped here (deepbet)."""
     stages: dict = field(default_factory=dict)
     """Seconds per pipeline stage: register, resample, segment, map back (as they ran)."""
 
@@ -60,12 +64,26 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 
 
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
-                   precision: str = "auto", threads=None, probabilities=None, progress: bool = False) -> SegmentationResult:
-    """Segment a skull-stripped T1 `image` (a Volume on any grid) with `model`; see the module doc."""
+                   precision: str = "auto", threads=None, probabilities=None, progress: bool = False,
+                   skull_strip: str = "auto") -> SegmentationResult:
+    """Segment a T1 `image` (a Volume on any grid) with `model`; see the module doc.
+
+    skull_strip: "auto" (default) strips the image when it looks like a whole head
+    (skullstrip.head_or_brain) and refuses, with a one-line error saying how to install the
+    [strip] extra, when deepbet is missing; "yes" always strips; "no" takes the image as a brain.
+    A `mask` given by the caller is used as it is (no stripping)."""
     t0 = time.perf_counter()
     stage = _Stages(progress)
     shape, affine = template_grid_of(model)
     data = np.asarray(image.data, dtype=np.float32)
+    stripped = False
+    if mask is None and _wants_stripping(image, skull_strip):
+        from .skullstrip import strip_skull
+
+        brain_vol, mask_vol = strip_skull(image, device=device, threads=threads)
+        data, mask = np.asarray(brain_vol.data, dtype=np.float32), mask_vol
+        stripped = True
+        stage.done("skull strip")
     mask_in = check_mask(mask, image) if mask is not None else default_brain_mask(data)
     if not mask_in.any():
         raise ValueError("the image has no non-zero voxel: nothing to segment")
@@ -104,7 +122,23 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
             probs[value] = Volume(np.clip(moved_p.data, 0, 1).astype(np.float16), image.affine, image.header)
     stage.done("map back")
     return SegmentationResult(labels=labels, probabilities=probs, volumes=structure_volumes(labels, model), transform=transform,
+                              brain_mask=Volume(mask_in.astype(np.uint8), image.affine, image.header), stripped=stripped,
                               seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()), stages=stage.seconds)
+
+
+def _wants_stripping(image: Volume, mode: str) -> bool:
+    """resolve_skull_strip, with auto's reason put before the missing-extra error."""
+    from .skullstrip import MISSING_EXTRA, SkullStripUnavailableError, deepbet_available, head_or_brain, resolve_skull_strip
+
+    if mode != "auto":
+        strip = resolve_skull_strip(image, mode)
+        if strip and not deepbet_available():
+            raise SkullStripUnavailableError(MISSING_EXTRA)
+        return strip
+    check = head_or_brain(image)
+    if check.is_head and not deepbet_available():
+        raise SkullStripUnavailableError(f"this looks like a whole head ({check.reason}); {MISSING_EXTRA}")
+    return check.is_head
 
 
 class _Stages:

@@ -206,3 +206,76 @@ def test_strip_real_head(package):
     spacing = np.linalg.norm(head.affine[:3, :3], axis=0)
     assert not (m & (ndi.distance_transform_edt(~known, sampling=spacing) > 10)).any()
     assert not np.asarray(brain.data)[~m].any()
+
+
+# -- through the pipeline and the command line ------------------------------------------------
+def _synthetic_head_file(tmp_path):
+    """A small phantom brain inside a bright scalp shell on a noisy background (a 'head')."""
+    import nibabel as nib
+
+    from test_pipeline import grid_affine, phantom
+
+    image, _ = phantom()
+    rng = np.random.default_rng(0)
+    big = np.zeros((60, 64, 58), np.float32)
+    big[15:45, 15:49, 15:43] = image
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in big.shape], indexing="ij"), -1).astype(float)
+    r = np.sqrt((((idx - (np.array(big.shape) - 1) / 2) / (np.array(big.shape) * 0.48)) ** 2).sum(-1))
+    big[(r > 0.85) & (r < 1.0)] = 3.0  # scalp
+    big += np.abs(rng.normal(0, 0.05, big.shape)).astype(np.float32)  # noise everywhere: a raw scan
+    affine = grid_affine().copy()
+    affine[:3, :3] *= 3.0  # 3 mm voxels: ~ the volume of a real head
+    affine[:3, 3] -= 15 * 3.0
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(big, affine), str(path))
+    return path
+
+
+def test_a_head_without_the_extra_is_refused_with_one_line_and_no_output(tmp_path, monkeypatch, capsys):
+    from spatialseg_fast import skullstrip
+    from spatialseg_fast.cli import main
+
+    from test_pipeline import toy_model_path  # noqa: F401
+
+    monkeypatch.setattr(skullstrip, "deepbet_available", lambda: False)
+    head = _synthetic_head_file(tmp_path)
+    model = tmp_path / "m.safetensors"
+    _save_toy_model(model)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(head), "-o", str(out), "--model", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "looks like a whole head" in err[0] and 'spatialseg_fast[strip]' in err[0]
+    assert not out.exists()
+
+
+def _save_toy_model(path):
+    from spatialseg_fast import build_model, save_model
+    from spatialseg_fast.datasets.atlas import build_atlas
+    from spatialseg_fast.training.recipe import template_volume
+
+    from test_pipeline import SHAPE, VALUES, grid_affine, phantom
+
+    image, labels = phantom()
+    model = build_model("basenet+dist+prob", len(VALUES), seed=0, label_values=VALUES, intensity_reference="brain_median")
+    model.atlas = build_atlas([labels], VALUES)
+    model.template = template_volume(image, grid_affine())
+    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
+
+
+def test_a_head_is_stripped_then_labelled_only_inside_the_brain(tmp_path):
+    pytest.importorskip("deepbet")
+    from spatialseg_fast.cli import main
+    from spatialseg_fast.volume import load_label_map, load_volume
+
+    head = _synthetic_head_file(tmp_path)
+    model = tmp_path / "m.safetensors"
+    _save_toy_model(model)
+    out = tmp_path / "labels.nii.gz"
+    code = main(["segment", str(head), "-o", str(out), "--model", str(model), "--quiet", "--save-mask"])
+    assert code == 0 and out.is_file()
+    labels, mask = load_label_map(out), load_volume(tmp_path / "labels_brainmask.nii.gz", kind="mask")
+    src = load_volume(head)
+    assert labels.shape == src.shape and np.allclose(labels.affine, src.affine)
+    inside = np.asarray(mask.data) > 0
+    assert inside.any() and not (np.asarray(labels.data)[~inside] > 0).any()
+    assert (np.asarray(labels.data)[:, :, :] > 0).sum() < 0.5 * labels.data.size  # the scalp is not labelled
