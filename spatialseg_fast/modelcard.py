@@ -46,6 +46,8 @@ def card(path) -> dict:
         best = training.get("best_dice")
         if isinstance(best, float):
             out["validation"] = f"best slab Dice {best:.3f} (epoch {int(training.get('best_epoch', -1)) + 1})"
+    if extra.get("init"):
+        out["start"] = f"from the weights of {extra['init']}"
     for key in ("hardware", "heldout", "test"):
         if shipped.get(key):
             out[key] = str(shipped[key])
