@@ -40,7 +40,7 @@ def _cmd_info(args) -> int:
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
     if isinstance(model, dict):
-        print("\ndefault model (spatialseg_fast/weights/default.safetensors):")
+        print("\ndefault model (the shipped weights, or $SPATIALSEG_MODEL):")
         print(card_text(path))
     else:
         print(f"\ndefault model: {model or 'none installed'}")

@@ -104,3 +104,13 @@ def test_evaluate_quiet_still_prints_the_summary(tmp_path, capsys):
     assert main(["evaluate", str(a), str(a), "--quiet"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "dice" in out[0]
+
+
+def test_spatialseg_model_names_the_default_model(monkeypatch, tmp_path, toy_model_path):  # noqa: F811
+    from spatialseg_fast.model.io import ModelNotFoundError, default_model_path
+
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(toy_model_path))
+    assert default_model_path() == toy_model_path
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="SPATIALSEG_MODEL"):
+        default_model_path()

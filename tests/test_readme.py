@@ -38,11 +38,7 @@ def shell_lines() -> list[str]:
 
 @pytest.fixture()
 def scratch(tmp_path, monkeypatch, toy_model_path):  # noqa: F811
-    import spatialseg_fast.model as model_pkg
-    import spatialseg_fast.model.io as io
-
-    monkeypatch.setattr(io, "default_model_path", lambda: Path(toy_model_path))
-    monkeypatch.setattr(model_pkg, "default_model_path", lambda: Path(toy_model_path))
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(toy_model_path))  # seen by Dask worker processes too
     monkeypatch.chdir(tmp_path)
     image, labels = phantom()
     for name in ("t1.nii.gz", "head.nii.gz", "sub-01_T1w_brain.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz",

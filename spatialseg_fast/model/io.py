@@ -151,7 +151,17 @@ def read_config(path) -> tuple[ModelConfig, dict]:
 
 
 def default_model_path() -> Path | None:
-    """The installed default weights, or None when this installation has none."""
+    """The model used when none is given: the file named by ``$SPATIALSEG_MODEL`` (a lab's own
+    model, also seen by batch worker processes), else the installed default weights, or None when
+    this installation has none."""
+    import os
+
+    chosen = os.environ.get("SPATIALSEG_MODEL")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ModelNotFoundError(f"SPATIALSEG_MODEL={chosen}: no such model file")
+        return path
     candidate = resources.files("spatialseg_fast") / "weights" / "default.safetensors"
     return Path(str(candidate)) if candidate.is_file() else None
 
