@@ -16,7 +16,28 @@ import pytest
 from spatialseg_fast.cli import build_parser, main
 from spatialseg_fast.volume import Volume
 
-from test_pipeline import grid_affine, phantom, toy_model_path, write  # noqa: F401
+from test_pipeline import SHAPE, grid_affine, phantom, write
+
+# a tiny model with real Neuromorphometrics codes, so examples that name them run unchanged
+CODES = (0, 47, 48, 59)
+NAMES = ("background", "Right Hippocampus", "Left Hippocampus", "Right Thalamus Proper")
+
+
+@pytest.fixture(scope="module")
+def readme_model_path(tmp_path_factory):
+    from spatialseg_fast import build_model, save_model
+    from spatialseg_fast.datasets.atlas import build_atlas
+    from spatialseg_fast.training.recipe import template_volume
+
+    image, labels = phantom()
+    coded = np.select([labels == 2, labels == 5, labels == 7], [47, 48, 59], 0).astype(np.uint8)
+    model = build_model("basenet+dist+prob", len(CODES), seed=0, label_values=CODES, label_names=NAMES,
+                        intensity_reference="brain_median")
+    model.atlas = build_atlas([coded], CODES)
+    model.template = template_volume(image, grid_affine())
+    path = tmp_path_factory.mktemp("readme_model") / "tiny.safetensors"
+    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
+    return path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PARSE_ONLY = ("train", "demo")
@@ -37,8 +58,8 @@ def shell_lines() -> list[str]:
 
 
 @pytest.fixture()
-def scratch(tmp_path, monkeypatch, toy_model_path):  # noqa: F811
-    monkeypatch.setenv("SPATIALSEG_MODEL", str(toy_model_path))  # seen by Dask worker processes too
+def scratch(tmp_path, monkeypatch, readme_model_path):
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(readme_model_path))  # seen by Dask worker processes too
     monkeypatch.chdir(tmp_path)
     image, labels = phantom()
     for name in ("t1.nii.gz", "head.nii.gz", "sub-01_T1w_brain.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz",
