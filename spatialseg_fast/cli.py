@@ -495,7 +495,10 @@ def _cmd_segment(args) -> int:
                 save_volume(prob, out / f"{prefix}_prob-{value}.nii.gz")
             if args.save_mask:
                 save_volume(result.brain_mask, out / f"{prefix}_brainmask.nii.gz")
+            t_write = time.perf_counter()
             save_volume(result.labels, target)  # last: its presence means the subject is complete
+            if not args.quiet:
+                print(f"  write: {time.perf_counter() - t_write:.1f} s", file=sys.stderr, flush=True)
         except (ValueError, RuntimeError, OSError) as exc:
             print(f"[{i}/{len(inputs)}] {stem}: error: {exc}", file=sys.stderr)
             failed.append(stem)
