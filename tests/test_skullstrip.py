@@ -303,7 +303,7 @@ def test_a_real_head_through_the_command_line_is_labelled_only_inside_its_brain(
     from spatialseg_fast.volume import load_label_map
 
     labels = load_label_map(out)
-    mask = np.asarray(load_volume(tmp_path / "head_labels_brainmask.nii.gz", kind="mask").data) > 0
+    mask = np.asarray(load_volume(tmp_path / "head_brainmask.nii.gz", kind="mask").data) > 0
     assert labels.shape == head.shape[:3] and np.allclose(labels.affine, head.affine)
     assert dice(mask, truth) > 0.9
     lab = np.asarray(labels.data)
