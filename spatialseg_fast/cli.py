@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")
     tr.add_argument("--cohort", choices=["paper", "wide"], default="paper",
                     help="default recipe's data: paper = 10 fixed mildly warped CAT12 subjects; wide = a stream of fresh "
-                    "subjects with multi-scale warps and synthetic contrasts (the shipped model's; see README)")
+                    "subjects with multi-scale warps and synthetic contrasts (see README; the shipped model still used paper)")
     tr.add_argument("--pool", type=int, default=12, help="wide: subjects held at once (default 12)")
     tr.add_argument("--refresh", type=int, default=2, help="wide: fresh subjects per epoch (default 2)")
     tr.add_argument("--position-dropout", type=float, default=0.0,

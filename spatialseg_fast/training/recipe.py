@@ -128,7 +128,7 @@ def train_default(out_dir, options: TrainOptions | None = None, *, preset: str =
                   n_train: int = 10, n_val: int = 5, val_slabs: int = 6, resume: bool = False, progress: bool = True,
                   stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS, init=None):
     """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, on CAT12
-    pseudo-subjects. ``options.cohort == "wide"`` (the shipped model's): a stream of fresh subjects
+    pseudo-subjects. ``options.cohort == "wide"``: a stream of fresh subjects
     of the wide distribution (training/stream.py), the atlas from `atlas_subjects` more, validated
     on `n_val` wide subjects; "paper": the paper's split (10 training subjects, datasets.paper_split).
     init: a model file of the same preset to start from (wide only; e.g. the shipped weights).
