@@ -27,10 +27,11 @@ def _cmd_info(args) -> int:
     from spatialseg_fast.modelcard import card, card_text
 
     info = spatialseg_fast.build_info()
-    path = default_model_path()
+    path = None
     try:
+        path = default_model_path()
         info["default_model"] = card(path) if path else None
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         info["default_model"] = f"unreadable: {exc}"
     if args.json:
         print(json.dumps(info, indent=2))
@@ -555,10 +556,14 @@ def _cmd_train(args) -> int:
         if args.images is not None:
             result = train_on_folders(args.images, args.labels, args.out, options, **common)
         else:
+            if args.init is not None and (options.cohort != "wide" or args.resume or args.images is not None):
+                raise ValueError("--init starts a new --cohort wide run (a resumed run keeps its own weights)")
             if args.init == "default":
                 from spatialseg_fast.model import default_model_path
 
                 args.init = default_model_path()
+                if args.init is None:
+                    raise ValueError("--init default: this installation ships no default weights")
             result = train_default(args.out, options, n_val=args.val_subjects, init=args.init, **common)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"spatialseg train: error: {exc}", file=sys.stderr)
@@ -719,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--boxes-per-step", type=int, default=1,
                     help="dense: boxes, each from a randomly drawn subject, accumulated into one step (default 1)")
     tr.add_argument("--sample-fraction", type=float, default=1.0,
-                    help="dense: share of confident voxels (atlas >= 0.9) used per slab; uncertain ones always (default 1)")
+                    help="dense: share of a slab's voxels used as samples; where the atlas is uncertain (top < 0.9) "
+                    "3x that share, at most all (default 1)")
     tr.add_argument("--images", help="your own scans: a folder of NIfTI images (all on one grid, skull-stripped)")
     tr.add_argument("--labels", help="... and a folder of their label maps, matched by file name")
     tr.add_argument("--resume", action="store_true",

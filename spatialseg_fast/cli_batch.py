@@ -77,6 +77,9 @@ def run_cohort(args) -> int:
 
     out = Path(args.output)
     try:
+        if args.output.lower().endswith((".nii", ".nii.gz")):  # cohort outputs go to a folder
+            raise ValueError(f"-o {args.output}: the cohort options (--workers, --scheduler, --shard, --retries, "
+                             "--results) write into an output folder; give a folder name")
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1; got {args.workers}")
         if args.retries is not None and args.retries < 0:
@@ -98,19 +101,22 @@ def run_cohort(args) -> int:
             if args.qc.lower().endswith(".png"):
                 if len(inputs) != 1:
                     raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
-                _writable_file(args.qc, "--qc")
+                _writable_file(args.qc, "--qc", will_create=out)
             elif Path(args.qc).exists() and not Path(args.qc).is_dir():
                 raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
         _check_device(args.device, args.threads)
         for option, path in (("--volumes", args.volumes), ("--results", args.results)):
-            if path and Path(path).resolve().parent != out.resolve():  # OUT is created below
-                _writable_file(path, option)
+            if path:
+                _writable_file(path, option, will_create=out)  # OUT (and folders in it) are created below
     except ValueError as exc:
         return fail(str(exc))
     except batch.ClusterUnavailableError as exc:
         return fail(str(exc))
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for f in (args.qc if args.qc and args.qc.lower().endswith(".png") else None, args.volumes, args.results):
+            if f:
+                Path(f).resolve().parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return fail(f"cannot create the output folder {out} ({exc.strerror or exc})")
     if not os.access(out, os.W_OK):
@@ -138,6 +144,11 @@ def run_cohort(args) -> int:
               "subjects", file=sys.stderr)
         return 130
     ok, skipped, failed = report.count("ok"), report.count("skipped"), report.failed
+    if ok or skipped:  # the viewers' colour tables, beside the labels
+        from spatialseg_fast.labeltable import write_label_tables
+        from spatialseg_fast.model.io import default_model_path, read_config
+
+        write_label_tables(out, read_config(args.model or default_model_path())[0].label_table())
     print(f"spatialseg segment: {ok} segmented, {skipped} skipped, {len(failed)} failed, in "
           f"{_duration(time.perf_counter() - t0)}" + (f"; results: {args.results}" if args.results else ""), flush=True)
     if failed:

@@ -72,6 +72,10 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
     (skullstrip.head_or_brain) and refuses, with a one-line error saying how to install the
     [strip] extra, when deepbet is missing; "yes" always strips; "no" takes the image as a brain.
     A `mask` given by the caller is used as it is (no stripping)."""
+    from .skullstrip import MODES
+
+    if skull_strip not in MODES:
+        raise ValueError(f"skull_strip must be one of {', '.join(MODES)}; got {skull_strip!r}")
     t0 = time.perf_counter()
     stage = _Stages(progress)
     shape, affine = template_grid_of(model)

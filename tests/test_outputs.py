@@ -114,3 +114,25 @@ def test_spatialseg_model_names_the_default_model(monkeypatch, tmp_path, toy_mod
     monkeypatch.setenv("SPATIALSEG_MODEL", str(tmp_path / "missing.safetensors"))
     with pytest.raises(ModelNotFoundError, match="SPATIALSEG_MODEL"):
         default_model_path()
+
+
+def test_cohort_mode_refuses_a_file_output_and_writes_the_label_tables(tmp_path, toy_model_path, capsys):  # noqa: F811
+    image, _ = phantom()
+    src = write(tmp_path / "s.nii.gz", image, grid_affine())
+    assert main(["segment", str(src), "-o", str(tmp_path / "x.nii.gz"), "--model", str(toy_model_path),
+                 "--workers", "1"]) == 2
+    assert "give a folder name" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    out = tmp_path / "cohort"
+    assert main(["segment", str(src), "-o", str(out), "--model", str(toy_model_path), "--no-register", "--quiet",
+                 "--workers", "1", "--results", str(out / "sub" / "r.csv")]) == 0
+    assert (out / "spatialseg_labels_FreeSurferColorLUT.txt").is_file() and (out / "sub" / "r.csv").is_file()
+
+
+def test_info_survives_a_bad_model_setting_and_skull_strip_is_checked(tmp_path, monkeypatch, capsys, toy_model_path):  # noqa: F811
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(tmp_path / "missing.safetensors"))
+    assert main(["info"]) == 0
+    assert "missing.safetensors" in capsys.readouterr().out
+    image, _ = phantom()
+    with pytest.raises(ValueError, match="skull_strip"):
+        segment_volume(Volume(image, grid_affine()), load_model(toy_model_path), register=False,
+                       mask=Volume(image != 0, grid_affine()), skull_strip="yse")

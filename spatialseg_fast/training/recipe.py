@@ -101,7 +101,14 @@ def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, pro
     values, names = label_table()
     model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
                         label_names=names)
-    if init is not None and not resume:
+    last = Path(out_dir) / "last.safetensors"
+    if resume and last.is_file():  # the run's own validation set and start, whatever the caller passes
+        from ..model.io import read_config
+
+        saved = read_config(last)[1]
+        n_val = len(saved.get("subjects", {}).get("validation", [])) or n_val
+        init = saved.get("init", init)
+    elif init is not None:
         _init_from(model, init)
     base = load_source("cat12")
     grid = template_grid()
