@@ -67,7 +67,6 @@ from __future__ import annotations
 import importlib
 import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -214,23 +213,6 @@ def _extractor(device: str):
     return extraction
 
 
-@contextmanager
-def _threads(n):
-    import torch
-
-    if n is None:
-        yield
-        return
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"threads must be a positive integer or None; got {n!r}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def strip_skull(volume: Volume, *, device="auto", threads=None) -> tuple[Volume, Volume]:
     """(brain, mask) of a head T1, both on `volume`'s own grid, affine and header: the brain is
     the input's intensities inside the mask and 0 outside, the mask uint8 0/1.
@@ -252,6 +234,8 @@ def strip_skull(volume: Volume, *, device="auto", threads=None) -> tuple[Volume,
     if not image.any():
         raise ValueError("every voxel is zero: there is no head to strip")
     nifti = nib.Nifti1Image(image, volume.affine)
+    from .inference import _threads  # the engine's: torch threads for the call, restored after
+
     with _RUN_LOCK, _threads(threads):
         try:
             _, mask_img, _ = extraction.run(nifti)
