@@ -47,6 +47,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._tables import csv_text, volume_rows
 from .pipeline import segment_file, structure_volumes
 
 RESULT_COLUMNS = ("subject", "status", "error", "seconds", "attempts", "worker", "brain_volume_mm3",
@@ -417,19 +418,6 @@ def previous_rows(path) -> dict:
     return rows
 
 
-def volume_rows(stem: str, volumes) -> list[dict]:
-    """Rows of the volumes table (as ``spatialseg segment --volumes``)."""
-    return [{"subject": stem, "label": v, "name": n, "volume_mm3": f"{mm3:.1f}"} for v, n, mm3 in volumes]
-
-
-def _volumes_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def local_cluster_client(workers: int, *, threads: int | None = None, memory_limit=None, quiet: bool = True):
     """A ``distributed.Client`` on a new LocalCluster of `workers` processes, each with one Dask
     thread, ``threads`` (default: cores // workers) torch/OpenMP threads in its environment, the
@@ -624,7 +612,7 @@ def segment_many(inputs, out_dir, *, executor=None, workers: int | None = None, 
 
         vol_rows = [r for row in report.rows if row.get("volumes") for r in volume_rows(row["subject"], row["volumes"])]
         if vol_rows:
-            atomic_text(volumes, _volumes_text(vol_rows))
+            atomic_text(volumes, csv_text(vol_rows))
     return report
 
 

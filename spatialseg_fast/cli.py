@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from spatialseg_fast._tables import csv_text as _csv_text, volume_rows as _volume_rows
+
 
 def _rounded(value, digits: int = 4):
     return round(value, digits) if isinstance(value, float) else value
@@ -405,10 +407,6 @@ def _check_device(device: str, threads) -> None:
         raise ValueError(f"--threads must be >= 1; got {threads}")
 
 
-def _volume_rows(stem: str, volumes) -> list[dict]:
-    return [{"subject": stem, "label": v, "name": n, "volume_mm3": f"{mm3:.1f}"} for v, n, mm3 in volumes]
-
-
 def _cmd_segment(args) -> int:
     import os
 
@@ -517,17 +515,6 @@ def _cmd_segment(args) -> int:
         print(f"spatialseg segment: {len(failed)} of {len(inputs)} subjects failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _csv_text(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def _cmd_train(args) -> int:
