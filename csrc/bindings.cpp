@@ -133,10 +133,11 @@ using I32 = py::array_t<int32_t, py::array::c_style>;
 // 0..len(lut)-1; values: the label value of each id. Returns (counts [L, 5] int64: |X|, |Y|,
 // |X & Y|, border X, border Y; list of L float64 arrays ref->pred; list of L arrays pred->ref).
 // corner_area empty: border voxels; else the corner-grid surface with corner_area[code] per point.
+// strategy: 0 auto, 1 per-label boxes, 2 whole-volume search (border voxels only; see the header).
 // Returns (counts [L, 5], ref_to_pred, pred_to_ref, ref_areas, pred_areas); the area lists are
 // empty arrays for border voxels.
 py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<double, 3> spacing,
-                            int connectivity, int ndim, int num_threads, F64 corner_area) {
+                            int connectivity, int ndim, int num_threads, F64 corner_area, int strategy) {
   require(ref.ndim() == 3 && pred.ndim() == 3, "label maps must be 3D (a 2D map as 1 x H x W)");
   std::array<int64_t, 3> shape{};
   for (int a = 0; a < 3; ++a) {
@@ -153,6 +154,7 @@ py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<d
     const int32_t v = values.data()[l];
     require(v >= 0 && v < lut.size() && lt[v] == l, "lut and values must be inverse");
   }
+  require(strategy >= 0 && strategy <= 2, "strategy must be 0 (auto), 1 (boxes) or 2 (search)");
   require(corner_area.size() == 0 || corner_area.size() == (ndim == 3 ? 256 : 16),
           "corner_area must have 2^(2^ndim) entries (or none)");
   const double* areas = corner_area.size() ? corner_area.data() : nullptr;
@@ -164,7 +166,7 @@ py::tuple surface_distances(I32 ref, I32 pred, I32 lut, I32 values, std::array<d
   {
     py::gil_scoped_release release;
     result = spatialseg::surface_distances(r, p, shape, table, vals, num_labels, spacing, connectivity, ndim,
-                                           num_threads, areas);
+                                           num_threads, areas, strategy);
   }
   py::array_t<int64_t> counts({num_labels, int64_t{5}});
   auto c = counts.mutable_unchecked<2>();
@@ -211,6 +213,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out_dist"), py::arg("out_atlas"), py::arg("num_threads") = 0);
   m.def("surface_distances", &surface_distances, py::arg("ref"), py::arg("pred"), py::arg("lut"), py::arg("values"),
         py::arg("spacing"), py::arg("connectivity") = 1, py::arg("ndim") = 3, py::arg("num_threads") = 0,
-        py::arg("corner_area") = F64(0));
+        py::arg("corner_area") = F64(0), py::arg("strategy") = 0);
   m.def("build_info", &build_info, "How this extension was compiled");
 }

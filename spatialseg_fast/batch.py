@@ -55,7 +55,8 @@ RESULT_COLUMNS = ("subject", "status", "error", "seconds", "attempts", "worker",
 """status: ok | skipped (labels already there) | failed (the input's fault; not retried) |
 crashed (its worker died on every attempt). seconds: the per-subject flow's wall time (model
 loading excluded). brain_volume_mm3: all labelled voxels. registration_similarity: the
-registration's final similarity when the pipeline reports one (else empty). peak_rss_mb: the
+registration's final similarity (registration.Registration.similarity; below 0.5 the
+registration probably failed, see registration.LOW_SIMILARITY; empty with --no-register). peak_rss_mb: the
 worker process's peak resident memory during this subject (Linux; else the process's peak)."""
 
 PEAK_RSS_PER_SUBJECT = 3 * 2**30
@@ -66,7 +67,6 @@ the model), so 3 GiB leaves
 about 60% headroom for larger inputs (docs/cluster.md)."""
 
 CLUSTER_HINT = 'pip install "spatialseg_fast[cluster]"'
-_SIMILARITY_FIELDS = ("registration_similarity", "registration_quality", "registration_ncc", "similarity")
 
 
 class ClusterUnavailableError(RuntimeError):
@@ -275,15 +275,11 @@ def _peak_rss_mb() -> float | None:
         return None
 
 
-def _similarity(result):
-    for name in _SIMILARITY_FIELDS:
-        value = getattr(result, name, None)
-        if value is not None:
-            try:
-                return f"{float(value):.4f}"
-            except (TypeError, ValueError):
-                return str(value)
-    return ""
+def _similarity(result) -> str:
+    """The registration's final similarity (registration.LOW_SIMILARITY and below: probably failed);
+    empty without registration."""
+    value = getattr(result, "registration_similarity", None)
+    return "" if value is None else f"{float(value):.4f}"
 
 
 def run_subject(job: dict, model=None) -> dict:

@@ -21,7 +21,7 @@ import torch
 from .brainmask import default_brain_mask
 from .inference import segment
 from .model.network import SpatialSegNet
-from .registration import register_affine, to_subject, to_template
+from .registration import LOW_SIMILARITY, register as register_to_template, to_subject, to_template
 from .volume import Volume, load_volume
 
 
@@ -42,7 +42,10 @@ class SegmentationResult:
     stripped: bool = False
     """Whether the image was skull-stripped here (deepbet)."""
     stages: dict = field(default_factory=dict)
-    """Seconds per pipeline stage: register, resample, segment, map back (as they ran)."""
+    """Seconds per pipeline stage: load, skull strip, register, resample, segment, map back (as they ran)."""
+    registration_similarity: float | None = None
+    """The registration's final similarity (registration.Registration.similarity); None without
+    registration. Low values flag a failed registration."""
 
 
 def template_grid_of(model: SpatialSegNet) -> tuple[tuple, np.ndarray]:
@@ -96,10 +99,15 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
         if template is None:
             raise ValueError("this model carries no registration template: use register=False (--no-register) "
                              "with inputs already in its template space")
-        transform = register_affine(Volume(np.where(mask_in, data, 0.0).astype(np.float32), image.affine), template)
-        stage.done("register")
+        found = register_to_template(Volume(np.where(mask_in, data, 0.0).astype(np.float32), image.affine), template)
+        transform, similarity = found.transform, found.similarity
+        stage.done("register", f"similarity {similarity:.3f}")
+        if not similarity >= LOW_SIMILARITY:
+            print(f"warning: the registration to the template looks failed (similarity {similarity:.2f}, below "
+                  f"{LOW_SIMILARITY}): check the image's orientation and skull stripping, and the QC picture",
+                  file=sys.stderr, flush=True)
     else:
-        transform = np.eye(4)
+        transform, similarity = np.eye(4), None
     masked = np.where(mask_in, data, 0.0).astype(np.float32)  # nothing outside the mask is read
     moved = to_template(Volume(masked, image.affine), shape, affine, transform).data
     brain = to_template(Volume(mask_in.astype(np.uint8), image.affine), shape, affine, transform, kind="label").data > 0
@@ -114,7 +122,9 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
                   return_probabilities=wanted, progress=progress)
     labels_t, probs_t = out if wanted else (out, None)
     stage.done("segment")
-    back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label")
+    # labels back by a trilinear-weighted vote of the 8 template voxels around each input voxel: on a
+    # rotated or finer grid it keeps thin structures that nearest neighbour frays (bench_registration.py)
+    back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label_linear")
     back_data = np.where(mask_in, back.data, 0).astype(np.asarray(labels_t).dtype)  # nearest sampling can spill a voxel
     labels = Volume(back_data, image.affine, image.header)
     probs = {}
@@ -127,7 +137,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
     stage.done("map back")
     return SegmentationResult(labels=labels, probabilities=probs, volumes=structure_volumes(labels, model), transform=transform,
                               brain_mask=Volume(mask_in.astype(np.uint8), image.affine, image.header), stripped=stripped,
-                              seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()), stages=stage.seconds)
+                              seconds=time.perf_counter() - t0, brain_voxels=int(brain.sum()), stages=stage.seconds,
+                              registration_similarity=similarity)
 
 
 def _wants_stripping(image: Volume, mode: str) -> bool:
@@ -151,11 +162,11 @@ class _Stages:
     def __init__(self, enabled: bool):
         self.enabled, self.t, self.seconds = enabled, time.perf_counter(), {}
 
-    def done(self, name: str) -> None:
+    def done(self, name: str, note: str = "") -> None:
         now = time.perf_counter()
         self.seconds[name] = now - self.t
         if self.enabled:
-            print(f"  {name}: {now - self.t:.1f} s", file=sys.stderr, flush=True)
+            print(f"  {name}: {now - self.t:.1f} s" + (f" ({note})" if note else ""), file=sys.stderr, flush=True)
         self.t = now
 
 

@@ -345,3 +345,15 @@ def test_slurm_job_script_renders_with_the_documented_options():
                    'account="myproject"', 'walltime="04:00:00"', '"--output=logs/dask-%j.out"',
                    '"source /shared/venvs/spatialseg/bin/activate"'):
         assert option in doc, option
+
+
+def test_results_report_the_registration_similarity(cohort, toy_model_path, tmp_path):
+    """Batch users flag failed registrations by this column: a number with registration, empty without."""
+    out = tmp_path / "reg"
+    report = segment_many(cohort[:1], out, model=toy_model_path, results=out / "r.csv", register=True, threads=1)
+    assert report.exit_code == 0
+    (row,) = read_rows(out / "r.csv")
+    assert float(row["registration_similarity"]) > 0.9
+    out2 = tmp_path / "noreg"
+    segment_many(cohort[:1], out2, model=toy_model_path, results=out2 / "r.csv", **OPTIONS)
+    assert read_rows(out2 / "r.csv")[0]["registration_similarity"] == ""

@@ -65,6 +65,38 @@ def test_resample_identity_shift_and_flip():
     assert np.array_equal(resample(lv, (9, 10, 11), flipped, kind="label").data, labels[::-1])
 
 
+@pytest.mark.parametrize("kind", ["label", "label_linear"])
+def test_label_resampling_identity_shift_and_flip_are_exact(kind):
+    labels = np.random.default_rng(1).integers(0, 6, (9, 10, 11)).astype(np.int16)
+    lv = Volume(labels, np.eye(4))
+    shifted = np.eye(4)
+    shifted[:3, 3] = [2, -1, 0]
+    out = resample(lv, (9, 10, 11), shifted, kind=kind).data
+    assert out.dtype == np.int16 and np.array_equal(out[:7, 1:, :], labels[2:, :9, :]) and (out[7:] == 0).all()
+    flipped = np.diag([-1.0, 1, 1, 1])
+    flipped[0, 3] = 8
+    assert np.array_equal(resample(lv, (9, 10, 11), flipped, kind=kind).data, labels[::-1])
+
+
+def test_label_linear_is_the_largest_trilinear_weight():
+    """Oracle: each label's indicator interpolated trilinearly, argmax (what label_linear votes)."""
+    rng = np.random.default_rng(2)
+    labels = np.kron(rng.integers(1, 5, (5, 5, 5)), np.ones((3, 3, 3), int)).astype(np.uint8)  # 15^3 blocks
+    rot = np.eye(4)
+    a = np.deg2rad(17)
+    rot[:3, :3] = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]) * 0.8
+    rot[:3, 3] = [1.3, 2.0, -0.7]
+    out = resample(Volume(labels, np.eye(4)), (16, 16, 16), rot, kind="label_linear").data
+    weights = np.stack([resample(Volume((labels == v).astype(np.float32), np.eye(4)), (16, 16, 16), rot).data
+                        for v in range(5)])  # 0: outside the source
+    inside = weights[1:].sum(0) > 0.999  # all 8 corners inside the source: no edge convention involved
+    margin = np.sort(weights, 0)[-1] - np.sort(weights, 0)[-2] > 1e-6  # no tie
+    assert (inside & margin).sum() > 1000
+    assert np.array_equal(out[inside & margin], weights.argmax(0)[inside & margin])
+    nearest = resample(Volume(labels, np.eye(4)), (16, 16, 16), rot, kind="label").data
+    assert (nearest[inside] != out[inside]).any()  # a different rule than nearest neighbour
+
+
 def test_resample_downsampling_averages():
     fine = Volume(np.tile([0.0, 1.0], 20).reshape(1, 1, 40).repeat(6, 0).repeat(6, 1).astype(np.float32),
                   np.diag([0.5, 0.5, 0.5, 1]))

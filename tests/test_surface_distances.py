@@ -253,3 +253,51 @@ def test_triton_against_reference(ndim, connectivity):
     assert got.labels.tolist() == want.labels.tolist() and np.array_equal(got.counts, want.counts)
     for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
         assert np.allclose(a, b, atol=1e-12)
+
+
+# -- the C++ kernel's two strategies (per-label boxes, whole-volume search): same numbers ----------
+CPP = pytest.mark.skipif("cpp" not in BACKENDS, reason="needs the C++ extension")
+
+
+@CPP
+@pytest.mark.parametrize("strategy", ["boxes", "search"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ndim, connectivity, spacing", [(3, 1, (1.2, 0.8, 1.7)), (3, 3, (1.0, 1.0, 1.0)),
+                                                         (3, 2, (0.5, 3.0, 1.0)), (2, 1, (0.9, 1.4)), (2, 2, (1.0, 1.0))])
+def test_cpp_strategies_against_scipy(strategy, threads, ndim, connectivity, spacing):
+    shape = (17, 23, 13) if ndim == 3 else (37, 29)
+    ref, pred = blobs(shape, 7, 11, size=3), blobs(shape, 7, 12, size=3)
+    d = surface_distances(pred, ref, spacing=spacing, connectivity=connectivity, backend="cpp", strategy=strategy,
+                          num_threads=threads)
+    for i, label in enumerate(d.labels):
+        a, b = scipy_distances(pred, ref, label, spacing, connectivity)
+        assert np.allclose(d.ref_to_pred[i], a, atol=1e-12) and np.allclose(d.pred_to_ref[i], b, atol=1e-12)
+        assert d.counts[i].tolist() == [(ref == label).sum(), (pred == label).sum(),
+                                        ((ref == label) & (pred == label)).sum(), len(a), len(b)]
+
+
+@CPP
+@pytest.mark.parametrize("threads", [1, 2])
+def test_search_points_beyond_the_offset_table(threads):
+    """The search looks 16 voxels far; farther points go to brute force (few) or the box EDT (many)."""
+    ref, pred = np.zeros((70, 64, 66), np.int32), np.zeros((70, 64, 66), np.int32)
+    ref[:8, :40, :60], pred[8:, :40, :60] = 3, 3  # fill most of the volume with two more labels ...
+    ref[8:, :40, :60], pred[:8, :40, :60] = 4, 4
+    ref[2:20, 45:62, 2:20] = 1  # label 1: a block, predicted 40 voxels away (every point far: box EDT)
+    pred[50:68, 45:62, 40:60] = 1
+    ref[30:40, 45:55, 30:40] = 2  # label 2: predicted in place plus a one-voxel island far off (brute force)
+    pred[30:40, 45:55, 30:40] = 2
+    pred[69, 0, 65] = 2
+    spacing = (1.1, 0.9, 1.3)
+    want = surface_distances(pred, ref, spacing=spacing, backend="torch")
+    for strategy in ("boxes", "search"):
+        got = surface_distances(pred, ref, spacing=spacing, backend="cpp", strategy=strategy, num_threads=threads)
+        assert np.array_equal(got.counts, want.counts)
+        for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
+            assert len(a) == len(b) and np.allclose(a, b, atol=1e-12)
+    assert want.hausdorff()[1] > 16 * 1.3 and want.directed_max("ref_to_pred")[0] > 16 * 1.3  # both really far
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy"):
+        surface_distances(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 3), np.uint8), strategy="fast")

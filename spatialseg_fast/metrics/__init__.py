@@ -121,13 +121,15 @@ def metric_values(d: SurfaceDistances, metric: str) -> np.ndarray:
 
 
 def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, connectivity: int = 1,
-             names=None, backend: str = "auto", num_threads: int | None = None) -> EvaluationTable:
+             names=None, backend: str = "auto", num_threads: int | None = None,
+             strategy: str = "auto") -> EvaluationTable:
     """Per-label Dice / Hausdorff / HD95 / MSD / ASSD of a prediction against a reference.
 
     pred, ref: 2D/3D integer label maps (numpy, torch CPU/CUDA: CUDA tensors are evaluated by the
         Triton kernel on their GPU) or Volumes (spacing from the affine; both must be on the same grid). spacing: mm per axis for arrays (default 1).
     labels: labels to report (default: every non-zero label in either map).
     names: optional {label: name} or sequence indexed by label, for the table.
+    strategy: the C++ kernel's strategy (ops.surface_distances: "auto", "boxes", "search"; same numbers).
     Returns an :class:`EvaluationTable` (labels as rows; to_dict, to_csv, summary).
     """
     metrics = _check_metrics(metrics)
@@ -143,7 +145,7 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
             raise ValueError("spacing comes from the Volumes' affine; do not pass it too")
         spacing = Volume(np.zeros((1, 1, 1)), pa).spacing[: np.ndim(p)]
     d = surface_distances(p, r, labels=labels, spacing=spacing, connectivity=connectivity, backend=backend,
-                          num_threads=num_threads)
+                          num_threads=num_threads, strategy=strategy)
     values = np.stack([metric_values(d, m) for m in metrics], axis=1) if len(d.labels) else np.zeros((0, len(metrics)))
     label_names = ()
     if names is not None:

@@ -12,9 +12,11 @@ of voxel corners whose 2x2(x2) neighbourhood is partly inside the set, each weig
 marching-cubes surface area (2D: contour length; ``ref_areas``/``pred_areas``), see ``_surfels``.
 Reductions (Hausdorff, percentiles, directed means, Dice) are methods of the result.
 
-The C++ kernel computes each label's exact EDT (Felzenszwalb-Huttenlocher, separable, anisotropic)
-on the union of the label's two bounding boxes — every feature point lies inside it, so the crop is
-exact — labels in parallel. The torch reference measures brute-force nearest distances between the
+The C++ kernel has two exact strategies: per label, an EDT (Felzenszwalb-Huttenlocher, separable,
+anisotropic) on the union of the label's two bounding boxes — every feature point lies inside it,
+so the crop is exact — labels in parallel; or, for many labels filling the volume, one pass that
+marks every voxel's border bits and a nearest-border search per border voxel over offsets sorted by
+distance (csrc/core/surface_distances.hpp). The torch reference measures brute-force nearest distances between the
 border voxel sets (chunked ``cdist`` in float64): obviously right, and the fallback.
 """
 from __future__ import annotations
@@ -286,8 +288,12 @@ def _corner_ref(r, p, num_labels, sp3, ndim, area):
 
 
 # -- dispatcher -----------------------------------------------------------------------------------
+_STRATEGIES = {"auto": 0, "boxes": 1, "search": 2}
+
+
 def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing=None, connectivity: int = 1,
-                      surface: str = "voxel", backend: str = "auto", num_threads: int | None = None) -> SurfaceDistances:
+                      surface: str = "voxel", backend: str = "auto", num_threads: int | None = None,
+                      strategy: str = "auto") -> SurfaceDistances:
     """Border-to-border distances of every requested label of two label maps, in one call.
 
     pred, ref: 2D or 3D integer label maps of the same shape (numpy, torch CPU or CUDA tensors;
@@ -299,7 +305,14 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         "corner" (DeepMind surface-distance's area-weighted points on the voxel-corner grid; sets
         ref_areas/pred_areas; connectivity unused; computed on the CPU for CUDA tensors too).
     backend: "auto" | "cpp" | "triton" | "torch". num_threads: C++ threads (None: torch's count).
+    strategy (C++ only; same numbers either way): "boxes" = each label's EDTs on its bounding box,
+        "search" = one pass over the whole volume, then a nearest-border search by increasing
+        distance per border voxel (voxel surfaces only); "auto" takes the search when the labels'
+        boxes cover more than a quarter of the volume (a parcellation), the boxes otherwise
+        (bench/RESULTS.md has the crossover).
     """
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(_STRATEGIES)}; got {strategy!r}")
     p, r, sp, conn = check_pair(pred, ref, spacing, connectivity)
     if surface not in ("voxel", "corner"):
         raise ValueError(f"surface must be 'voxel' or 'corner'; got {surface!r}")
@@ -337,7 +350,7 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         sp3 = ((1.0,) if ndim == 2 else ()) + tuple(sp)
         area_arg = np.zeros(0) if corner_area is None else corner_area
         counts, a, b, ra, pa = ext.surface_distances(_as3d(ref_map), _as3d(pred_map), lut, values, sp3, conn, ndim,
-                                                     resolve_threads(num_threads), area_arg)
+                                                     resolve_threads(num_threads), area_arg, _STRATEGIES[strategy])
     else:
         counts, a, b, ra, pa = surface_distances_ref(ref_map, pred_map, lut, values, sp, conn, ndim, corner_area)
     if corner_area is None:
