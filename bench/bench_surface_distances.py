@@ -1,7 +1,7 @@
 """Benchmark the evaluator: all labels, all five metrics, against the libraries users run today.
 
 pytest mode:  pytest bench/bench_surface_distances.py --benchmark-only   (a 96^3 pair, ours only)
-script mode:  python bench/bench_surface_distances.py [--size 256] [--skip medpy monai ...]
+script mode:  python bench/bench_surface_distances.py [--size 256] [--skip medpy monai ...] [--crossover]
               one run on a 256^3 pair with 135 labels (134 structures + background) and spacing
               (1, 1, 1.2): times spatialseg_fast.metrics.evaluate (cpp) against a per-label scipy
               loop cropped to bounding boxes, medpy (on bounding-box crops: the same numbers as on
@@ -122,11 +122,40 @@ def test_evaluate_all_labels(benchmark, small_pair):
     assert len(table.labels) == 40
 
 
+def crossover(size: int) -> None:
+    """Seconds of each strategy for the first k structures of the pair, and what 'auto' took."""
+    from spatialseg_fast.ops import surface_distances
+
+    pred, ref = make_pair(size)
+    labels = sorted((set(np.unique(ref)) | set(np.unique(pred))) - {0})
+    print(f"{'labels':>6} {'boxes s':>8} {'search s':>9} {'auto s':>7}  box volume / volume")
+    for k in (1, 2, 4, 8, 16, 32, 64, len(labels)):
+        sub = labels[:k]
+        times = {}
+        for strategy in ("boxes", "search", "auto"):
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                surface_distances(pred, ref, labels=sub, spacing=SPACING, backend="cpp", strategy=strategy)
+                best = min(best, time.perf_counter() - t0)
+            times[strategy] = best
+        boxes = 0
+        for label in sub:
+            idx = np.argwhere((ref == label) | (pred == label))
+            boxes += np.prod(idx.max(0) - idx.min(0) + 1)
+        print(f"{k:>6} {times['boxes']:>8.3f} {times['search']:>9.3f} {times['auto']:>7.3f}  {boxes / pred.size:.3f}",
+              flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip", nargs="*", default=[], help="peers to skip: scipy medpy monai surface-distance")
+    parser.add_argument("--crossover", action="store_true",
+                        help="only time the kernel's two strategies for 1..all labels (where 'auto' should switch)")
     args = parser.parse_args(argv)
+    if args.crossover:
+        return crossover(args.size)
     t0 = time.perf_counter()
     pred, ref = make_pair(args.size)
     labels = sorted((set(np.unique(ref)) | set(np.unique(pred))) - {0})

@@ -637,8 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment T1 images (.nii/.nii.gz; files, folders or globs). A whole head is skull-stripped "
         "first (--skull-strip, deepbet from the [strip] extra); a brain is taken as it is (its mask: the non-zero "
         "voxels, enclosed holes filled). Each input is registered affinely to the model's template (unless "
-        "--no-register: then it must already be in template space, on any grid), resampled onto the template grid, "
-        "segmented densely, and its labels are mapped back onto the input's own grid and affine. Outputs in OUT: "
+        "--no-register: then it must already be in template space, on any grid; the register line shows the final "
+        "similarity, and below 0.5 a warning says the registration probably failed), resampled onto the template "
+        "grid, segmented densely, and its labels are mapped back onto the input's own grid and affine (a trilinear-"
+        "weighted vote of the 8 template voxels around each input voxel). Outputs in OUT: "
         "<name>_labels.nii.gz (written last, atomically; with one input, -o X.nii.gz writes exactly X.nii.gz), the "
         "label tables for viewers (FreeSurfer LUT, ITK-SNAP), and on request probability maps, the brain mask, a "
         "volumes table and QC pictures.",
