@@ -276,7 +276,7 @@ def _peak_rss_mb() -> float | None:
 
 
 def _similarity(result) -> str:
-    """The registration's final similarity (registration.LOW_SIMILARITY and below: probably failed);
+    """The registration's final similarity (below registration.LOW_SIMILARITY: probably failed);
     empty without registration."""
     value = getattr(result, "registration_similarity", None)
     return "" if value is None else f"{float(value):.4f}"

@@ -125,7 +125,7 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
     # labels back by a trilinear-weighted vote of the 8 template voxels around each input voxel: on a
     # rotated or finer grid it keeps thin structures that nearest neighbour frays (bench_registration.py)
     back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label_linear")
-    back_data = np.where(mask_in, back.data, 0).astype(np.asarray(labels_t).dtype)  # nearest sampling can spill a voxel
+    back_data = np.where(mask_in, back.data, 0).astype(np.asarray(labels_t).dtype)  # the vote can reach a voxel past the mask's edge
     labels = Volume(back_data, image.affine, image.header)
     probs = {}
     if wanted:

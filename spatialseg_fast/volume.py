@@ -119,13 +119,16 @@ def resample(volume: "Volume", shape, affine, kind: str = "intensity", fill: flo
     return Volume(out.numpy(), target)
 
 
-def _label_vote(src, shape, m: np.ndarray, fill, slab_voxels: int = 1 << 20) -> np.ndarray:
+def _label_vote(src, shape, m: np.ndarray, fill, slab_voxels: int = 1 << 18) -> np.ndarray:
     """resample's "label_linear": target voxel i reads the label whose source voxels among the 8
     around m @ i carry the largest summed trilinear weight (ties: the heavier, nearer corner).
-    Runs over slabs of target slices so that memory stays ~100 MB whatever the grid; voxels whose
-    8 corners agree (most of a label map) skip the vote."""
+    Runs over slabs of ~slab_voxels target voxels (~200 bytes each at the peak: ~50 MB at the
+    default, whatever the grid); voxels whose 8 corners agree (most of a label map) skip the vote.
+    Any integer dtype (computed in int64: torch cannot gather uint16/uint32)."""
     import torch
 
+    dtype = np.asarray(src.numpy()[:0]).dtype
+    src = src.to(torch.int64)
     labels = src.reshape(-1)
     size = torch.tensor(src.shape)
     strides = torch.tensor([src.shape[1] * src.shape[2], src.shape[2], 1])
@@ -137,7 +140,7 @@ def _label_vote(src, shape, m: np.ndarray, fill, slab_voxels: int = 1 << 20) -> 
     # the box of source voxels that are not `fill`, grown by one voxel: only there is a vote needed
     found = (src != fill_t).nonzero()
     if not len(found):
-        return torch.full(shape, fill_t.item(), dtype=labels.dtype).numpy()
+        return torch.full(shape, fill_t.item(), dtype=labels.dtype).numpy().astype(dtype)
     lo, hi = found.min(0).values.double() - 1, found.max(0).values.double() + 1
     jk = torch.stack(torch.meshgrid(torch.arange(shape[1], dtype=torch.float64),
                                     torch.arange(shape[2], dtype=torch.float64), indexing="ij"), -1).reshape(-1, 2)
@@ -163,7 +166,7 @@ def _label_vote(src, shape, m: np.ndarray, fill, slab_voxels: int = 1 << 20) -> 
             got[vote] = c.gather(1, score.argmax(1, keepdim=True))[:, 0]
         pick[near] = got
         out[i0:i1] = pick.view(i1 - i0, shape[1], shape[2])
-    return out.numpy()
+    return out.numpy().astype(dtype, copy=False)
 
 
 def _gaussian(data, sigma_per_axis):

@@ -66,13 +66,14 @@ def test_resample_identity_shift_and_flip():
 
 
 @pytest.mark.parametrize("kind", ["label", "label_linear"])
-def test_label_resampling_identity_shift_and_flip_are_exact(kind):
-    labels = np.random.default_rng(1).integers(0, 6, (9, 10, 11)).astype(np.int16)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.uint32, np.int64])
+def test_label_resampling_identity_shift_and_flip_are_exact(kind, dtype):
+    labels = (np.random.default_rng(1).integers(0, 6, (9, 10, 11)) * (300 if np.iinfo(dtype).max > 255 else 1)).astype(dtype)
     lv = Volume(labels, np.eye(4))
     shifted = np.eye(4)
     shifted[:3, 3] = [2, -1, 0]
     out = resample(lv, (9, 10, 11), shifted, kind=kind).data
-    assert out.dtype == np.int16 and np.array_equal(out[:7, 1:, :], labels[2:, :9, :]) and (out[7:] == 0).all()
+    assert out.dtype == dtype and np.array_equal(out[:7, 1:, :], labels[2:, :9, :]) and (out[7:] == 0).all()
     flipped = np.diag([-1.0, 1, 1, 1])
     flipped[0, 3] = 8
     assert np.array_equal(resample(lv, (9, 10, 11), flipped, kind=kind).data, labels[::-1])

@@ -320,3 +320,21 @@ def test_a_failed_registration_is_warned_about(toy_model_path, capsys):
     result = segment_volume(Volume(noise, grid_affine()), model, register=True)
     assert result.registration_similarity < 0.5
     assert "warning: the registration to the template looks failed" in capsys.readouterr().err
+
+
+def test_label_values_above_255_come_back_through_the_pipeline(tmp_path):
+    """Label values up to 65535 make uint16 maps; mapping them back (the weighted vote) keeps them."""
+    image, labels = phantom()
+    values = (0, 2, 5, 300)
+    big = np.where(labels == 7, 300, labels.astype(np.uint16)).astype(np.uint16)
+    model = build_model("basenet+dist+prob", len(values), seed=0, label_values=values,
+                        intensity_reference="brain_median")
+    model.atlas = build_atlas([big], values)
+    model.template = template_volume(image, grid_affine())
+    path = tmp_path / "big.safetensors"
+    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
+    model = load_model(path)
+    for register in (False, True):
+        out = segment_volume(Volume(image, motion("rigid") @ grid_affine()), model, register=register)
+        data = np.asarray(out.labels.data)
+        assert data.dtype == np.uint16 and set(np.unique(data)) <= set(values)

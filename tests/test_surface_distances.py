@@ -301,3 +301,24 @@ def test_search_points_beyond_the_offset_table(threads):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="strategy"):
         surface_distances(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 3), np.uint8), strategy="fast")
+
+
+@CPP
+@pytest.mark.parametrize("offset", [-5, 40000, 1 << 25])
+def test_search_with_negative_many_and_huge_label_values(offset):
+    """Negative values, ids past int16 (the search's wide border maps) and values past the lookup table."""
+    ref, pred = blobs((15, 18, 16), 5, 21, size=3), blobs((15, 18, 16), 5, 22, size=3)
+    ref, pred = ref.astype(np.int64) + offset, pred.astype(np.int64) + offset
+    labels = None if offset != 40000 else list(range(offset, offset + 5)) + list(range(1, 32800))
+    want = surface_distances(pred, ref, labels=labels, backend="torch") if offset != 40000 else None
+    got = surface_distances(pred, ref, labels=labels, backend="cpp", strategy="search")
+    boxes = surface_distances(pred, ref, labels=labels, backend="cpp", strategy="boxes")
+    want = want or boxes
+    assert np.array_equal(got.labels, want.labels) and np.array_equal(got.counts, want.counts)
+    for a, b in zip(got.ref_to_pred + got.pred_to_ref, want.ref_to_pred + want.pred_to_ref):
+        assert len(a) == len(b) and np.allclose(a, b, atol=1e-12)
+
+
+def test_search_refuses_the_corner_surface():
+    with pytest.raises(ValueError, match="border voxels only"):
+        surface_distances(np.ones((3, 3, 3), np.uint8), np.ones((3, 3, 3), np.uint8), surface="corner", strategy="search")

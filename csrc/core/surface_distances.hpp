@@ -336,7 +336,7 @@ namespace detail {
 
 struct Offset {
   int64_t dx, dy, dz;
-  double d;  // distance in mm, computed as the EDT does: sqrt(dx^2 + (dy^2 + dz^2)), each term in mm
+  double d;  // distance in mm: sqrt(dx^2 + (dy^2 + dz^2)), each term in mm (the EDT's sum, up to rounding)
 };
 
 // Offsets (excluding 0) within `radius_mm`, sorted by distance (ties: C order of the offset).
@@ -483,7 +483,10 @@ std::vector<LabelSurface> surface_distances_search(const int32_t* ref, const int
     const Edge id = static_cast<Edge>(l);
     auto& dst = dir == 0 ? s.ref_to_pred : s.pred_to_ref;
     dst.assign(src.size(), detail::kInf);
-    bool any_far = false;
+    // a badly wrong prediction (a failed registration, a flipped map) leaves many points beyond the
+    // table, each costing the whole table: past this budget the direction goes to the box EDT at once
+    const size_t budget = std::max<size_t>(64, src.size() / 50);
+    size_t n_far = 0;
     for (size_t i = 0; i < src.size(); ++i) {
       const int64_t g = src[i];
       if (edge[g] == id) {
@@ -504,17 +507,20 @@ std::vector<LabelSurface> surface_distances_search(const int32_t* ref, const int
           break;
         }
       }
-      any_far |= dst[i] == detail::kInf;
+      if (dst[i] == detail::kInf && ++n_far > budget) break;
     }
-    if (!any_far) continue;
-    // points beyond the table: brute force over the target border when that is cheaper than the box
+    if (n_far == 0) continue;
     const auto& dst_set = sets[dir == 0 ? num_labels + l : l];
-    int64_t n_far = 0;
-    for (double d : dst) n_far += d == detail::kInf;
     const int64_t box_volume = volume_of(boxes[l]);
+    if (n_far > budget) {
+#pragma omp atomic
+      far[l] |= static_cast<uint8_t>(1 << dir);
+      continue;
+    }
+    // the few points beyond the table: brute force over the target border when that is cheaper
     // brute force while its pairs stay under 8 per box voxel (a box voxel costs a border test and two
     // EDT passes; 8 was the faster side on bench_surface_distances.py's pair)
-    if (n_far * static_cast<int64_t>(dst_set.size()) <= 8 * box_volume) {
+    if (static_cast<int64_t>(n_far * dst_set.size()) <= 8 * box_volume) {
       std::vector<std::array<int64_t, 3>> targets(dst_set.size());
       for (size_t j = 0; j < dst_set.size(); ++j)
         targets[j] = {dst_set[j] / plane, (dst_set[j] / shape[2]) % shape[1], dst_set[j] % shape[2]};
@@ -552,8 +558,9 @@ std::vector<LabelSurface> surface_distances_search(const int32_t* ref, const int
 
 // Which strategy: 0 = auto, 1 = per-label boxes, 2 = whole-volume search (voxel borders only).
 // auto takes the search when the labels' boxes add up to more than kSearchWhenBoxes of the volume
-// (a parcellation), the boxes when a few labels sit in a small part of it (bench_surface_distances).
-constexpr double kSearchWhenBoxes = 0.25;
+// (a parcellation), the boxes when a few labels sit in a small part of it (the crossover measured
+// by bench_surface_distances.py --crossover, bench/RESULTS.md).
+constexpr double kSearchWhenBoxes = 0.15;
 
 // ref, pred: label maps of `shape` (C order); values[id] is the label value of id (lut inverse).
 // corner_area == nullptr: border voxels (centres) within `connectivity`. Otherwise the corner-grid
@@ -564,17 +571,16 @@ inline std::vector<LabelSurface> surface_distances(const int32_t* ref, const int
                                                    const std::array<double, 3>& spacing, int connectivity, int ndim,
                                                    int num_threads, const double* corner_area = nullptr,
                                                    int strategy = 0) {
-  // the labels' boxes from every 4th voxel per axis: enough to choose, 1/64 of a full pass
-  const std::vector<Box> estimate = label_boxes(ref, pred, shape, num_labels, lut, num_threads, 4);
-  bool search = strategy == 2;
-  if (strategy == 0) {
+  bool search = strategy == 2 && corner_area == nullptr;
+  if (strategy == 0 && corner_area == nullptr) {
+    // the labels' boxes from every 4th voxel per axis: enough to choose, 1/64 of a full pass
+    const std::vector<Box> estimate = label_boxes(ref, pred, shape, num_labels, lut, num_threads, 4);
     double sum = 0;
     for (const Box& b : estimate)
       if (!b.empty()) sum += double(b.hi[0] - b.lo[0]) * double(b.hi[1] - b.lo[1]) * double(b.hi[2] - b.lo[2]);
     search = sum > kSearchWhenBoxes * double(shape[0] * shape[1] * shape[2]);
   }
-  if (search && corner_area == nullptr) {
-    const auto& boxes = estimate;
+  if (search) {
     if (num_labels < std::numeric_limits<int16_t>::max())
       return surface_distances_search<int16_t>(ref, pred, shape, lut, num_labels, spacing, connectivity, ndim,
                                                num_threads, values);

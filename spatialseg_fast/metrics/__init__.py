@@ -129,7 +129,8 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
         Triton kernel on their GPU) or Volumes (spacing from the affine; both must be on the same grid). spacing: mm per axis for arrays (default 1).
     labels: labels to report (default: every non-zero label in either map).
     names: optional {label: name} or sequence indexed by label, for the table.
-    strategy: the C++ kernel's strategy (ops.surface_distances: "auto", "boxes", "search"; same numbers).
+    strategy: the C++ kernel's strategy (ops.surface_distances: "auto", "boxes", "search"; the same
+        numbers up to rounding).
     Returns an :class:`EvaluationTable` (labels as rows; to_dict, to_csv, summary).
     """
     metrics = _check_metrics(metrics)

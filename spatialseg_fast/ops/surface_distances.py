@@ -147,8 +147,12 @@ def _encode(p: torch.Tensor, r: torch.Tensor, labels):
     lo, hi = min(int(pa.min()), int(ra.min())), max(int(pa.max()), int(ra.max()))
     small = lo >= 0 and hi < _SMALL
     if labels is None:
-        if small and hi < (1 << 20):
+        if small and hi < 4096:
             lab = np.arange(1, hi + 1, dtype=np.int64)  # filtered to the present ones afterwards
+        elif small and hi < (1 << 20):
+            # only the values present: the kernel's per-label buffers scale with the number of ids
+            present = (np.bincount(pa.ravel(), minlength=hi + 1) + np.bincount(ra.ravel(), minlength=hi + 1)) > 0
+            lab = np.flatnonzero(present[1:]).astype(np.int64) + 1
         else:
             lab = np.unique(np.concatenate([np.unique(pa), np.unique(ra)]))
             lab = lab[lab != 0].astype(np.int64)
@@ -305,17 +309,19 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         "corner" (DeepMind surface-distance's area-weighted points on the voxel-corner grid; sets
         ref_areas/pred_areas; connectivity unused; computed on the CPU for CUDA tensors too).
     backend: "auto" | "cpp" | "triton" | "torch". num_threads: C++ threads (None: torch's count).
-    strategy (C++ only; same numbers either way): "boxes" = each label's EDTs on its bounding box,
+    strategy (C++ only; the same numbers up to rounding, ~1e-15): "boxes" = each label's EDTs on its bounding box,
         "search" = one pass over the whole volume, then a nearest-border search by increasing
         distance per border voxel (voxel surfaces only); "auto" takes the search when the labels'
-        boxes cover more than a quarter of the volume (a parcellation), the boxes otherwise
-        (bench/RESULTS.md has the crossover).
+        boxes cover more than 15% of the volume (a parcellation), the boxes otherwise
+        (bench/RESULTS.md has the crossover). Ignored by the torch and Triton backends.
     """
     if strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(_STRATEGIES)}; got {strategy!r}")
     p, r, sp, conn = check_pair(pred, ref, spacing, connectivity)
     if surface not in ("voxel", "corner"):
         raise ValueError(f"surface must be 'voxel' or 'corner'; got {surface!r}")
+    if surface == "corner" and strategy == "search":
+        raise ValueError("strategy='search' works on border voxels only; surface='corner' uses the boxes (strategy='auto')")
     if labels is None:
         lab = None
     else:
