@@ -88,6 +88,8 @@ def resample(volume: "Volume", shape, affine, kind: str = "intensity", fill: flo
     happens to be closest; the weighted vote keeps thin structures' boundaries where linear
     interpolation of each label's indicator would put them, which matters on rotated grids).
     World positions outside the source read `fill`."""
+    import warnings
+
     import torch
     import torch.nn.functional as F
 
@@ -106,17 +108,30 @@ def resample(volume: "Volume", shape, affine, kind: str = "intensity", fill: flo
         data = _gaussian(data, np.sqrt(np.clip(step**2 - 1.0, 0.0, None)) / 2.0)
     if kind == "label_linear":
         return Volume(_label_vote(src, shape, m, fill), target)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
-    grid = idx @ m[:3, :3].T + m[:3, 3]  # source indices, [*shape, 3]
-    # grid_sample wants (x, y, z) = (last, middle, first) axis, normalised to [-1, 1]
-    size = np.array(src.shape, dtype=np.float64)
-    norm = 2.0 * grid / np.maximum(size - 1, 1) - 1.0
-    g = torch.from_numpy(norm[..., ::-1].copy()).to(data.dtype)[None]
+    with warnings.catch_warnings():  # unit-size target axes: any normalised value maps to index 0 here
+        warnings.filterwarnings("ignore", message=".*unit-size grids.*")
+        g = F.affine_grid(torch.from_numpy(_normalised_theta(m, shape, src.shape)).to(data.dtype)[None],
+                          (1, 1, *shape), align_corners=True)
     out = F.grid_sample((data - fill)[None, None], g, mode="bilinear" if kind == "intensity" else "nearest",
                         padding_mode="zeros", align_corners=True)[0, 0] + fill
     if kind == "label":
         out = out.round().to(src.dtype)
     return Volume(out.numpy(), target)
+
+
+def _normalised_theta(m: np.ndarray, target_shape, source_shape) -> np.ndarray:
+    """The 3x4 `affine_grid` matrix for the index map ``m`` (target voxel -> source voxel): both
+    sides in grid_sample's normalised coordinates (align_corners=True: -1 and 1 at the first and
+    last voxel centres) with the axes reversed to (x, y, z) = (last, middle, first). torch then
+    builds the sampling grid itself, in one pass and without a float64 index array."""
+    t = np.asarray(target_shape, dtype=np.float64)
+    size = np.asarray(source_shape, dtype=np.float64)
+    half = np.diag((t - 1) / 2)  # target index = half @ (u + 1)
+    scale = np.diag(2.0 / np.maximum(size - 1, 1))  # source normalised = scale @ index - 1
+    a = scale @ m[:3, :3] @ half
+    b = scale @ (m[:3, :3] @ half @ np.ones(3) + m[:3, 3]) - 1.0
+    rev = np.eye(3)[::-1]
+    return np.c_[rev @ a @ rev, rev @ b]
 
 
 def _label_vote(src, shape, m: np.ndarray, fill, slab_voxels: int = 1 << 18) -> np.ndarray:
