@@ -1,6 +1,7 @@
 """End to end: the demo subject through the whole pipeline, each stage's seconds (issue 17).
 
     python bench/bench_pipeline.py [--repeats 3] [--precision auto] [--threads N] [--work DIR]
+    python bench/bench_pipeline.py --precisions      (fp32 vs bf16 on a slab: why auto picks what it picks)
 
 The subject is `spatialseg demo`'s (the ICBM 2009c T1 warped by the held-out deformation, seed 4000,
 written as a NIfTI file on the template grid). It goes through ``segment_file`` as `spatialseg
@@ -50,13 +51,46 @@ def one_run(path: Path, out: Path, model, *, register: bool, precision: str, thr
     return stages
 
 
+def compare_precisions(threads) -> None:
+    """fp32 vs bf16 seconds and label agreement on the subject's brain voxels in 12 central slices."""
+    import torch
+
+    from spatialseg_fast import segment
+    from spatialseg_fast.cli import DEMO_SEED
+    from spatialseg_fast.datasets import load_source
+    from spatialseg_fast.datasets.variability import HELDOUT, make_wide_subject
+    from spatialseg_fast.model import load_default_model
+    from spatialseg_fast.precision import auto_precision, cpu_bf16_unit
+
+    model = load_default_model()
+    image = make_wide_subject(load_source("icbm2009c"), DEMO_SEED, 0, HELDOUT).image
+    mask = image != 0
+    mid = mask.shape[2] // 2
+    slab = np.zeros_like(mask)
+    slab[:, :, mid - 6:mid + 6] = True
+    mask &= slab
+    print(f"bf16 unit: {cpu_bf16_unit() or 'none'}; auto picks {auto_precision(torch.device('cpu'))}; "
+          f"{int(mask.sum()):,} brain voxels in 12 slices")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        t0 = time.perf_counter()
+        out[precision] = np.asarray(segment(image, model, mask=mask, precision=precision, threads=threads))
+        print(f"  {precision}: {time.perf_counter() - t0:.1f} s", flush=True)
+    same = (out["fp32"][mask] == out["bf16"][mask]).mean()
+    print(f"labels equal on {100 * same:.2f}% of those voxels")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=None, help="folder for the subject and the labels (default: a temporary one)")
+    ap.add_argument("--precisions", action="store_true",
+                    help="only time fp32 against bf16 on a 12-slice slab of the subject (why auto picks what it picks)")
     args = ap.parse_args()
+    if args.precisions:
+        return compare_precisions(args.threads)
 
     import spatialseg_fast
     from spatialseg_fast.model import load_default_model
