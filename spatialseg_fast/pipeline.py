@@ -4,10 +4,11 @@ load (3D, or 4D with one volume) -> affine registration to the model's template 
 ``register=False``: the input is then taken to be in template space already, any grid and
 orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
-input's own grid and affine (nearest neighbour), header kept -> optional probability maps (float16,
-trilinear), a volumes table (mm^3 per structure) and a QC picture. The default brain mask is the
-non-zero voxels with enclosed holes filled (brainmask.py). With ``progress=True`` each stage prints
-one line with its time on stderr.
+input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
+voxel), header kept -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
+structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
+filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
+a registration whose final similarity is below registration.LOW_SIMILARITY is warned about always.
 """
 from __future__ import annotations
 
