@@ -378,8 +378,8 @@ std::vector<LabelSurface> surface_distances_search(const int32_t* ref, const int
   // per map: the voxel's label id where it is a border voxel of its label, else -1 (one load per
   // probe in the search below)
   std::unique_ptr<Edge[]> edge_ref(new Edge[total]), edge_pred(new Edge[total]);  // every entry written below
-  const int threads = resolve_threads(num_threads, shape[0]);
-  // per thread: counts and border voxel lists; static schedule = contiguous x ranges in thread
+  const int threads = resolve_threads(num_threads, shape[0] * shape[1]);
+  // per thread: counts and border voxel lists; static schedule = contiguous row ranges in thread
   // order, so concatenating the threads' lists in order keeps C order
   std::vector<std::vector<std::array<int64_t, 3>>> counts(threads, std::vector<std::array<int64_t, 3>>(num_labels));
   std::vector<std::vector<std::vector<int64_t>>> lists(threads, std::vector<std::vector<int64_t>>(2 * num_labels));
@@ -407,24 +407,24 @@ std::vector<LabelSurface> surface_distances_search(const int32_t* ref, const int
       return false;
     };
 #pragma omp for schedule(static)
-    for (int64_t x = 0; x < shape[0]; ++x)
-      for (int64_t y = 0; y < shape[1]; ++y)
-        for (int64_t z = 0; z < shape[2]; ++z) {
-          const int64_t g = x * plane + y * shape[2] + z;
-          const int32_t rv = ref[g], pv = pred[g];
-          const int32_t rid = lut(rv), pid = lut(pv);
-          Edge er = -1, ep = -1;
-          if (rid >= 0) {
-            ++cnt[rid][0];
-            if (rv == pv) ++cnt[rid][2];
-            if (border(ref, rv, x, y, z)) er = static_cast<Edge>(rid), mine[rid].push_back(g);
-          }
-          if (pid >= 0) {
-            ++cnt[pid][1];
-            if (border(pred, pv, x, y, z)) ep = static_cast<Edge>(pid), mine[num_labels + pid].push_back(g);
-          }
-          edge_ref[g] = er, edge_pred[g] = ep;
+    for (int64_t row = 0; row < shape[0] * shape[1]; ++row)  // rows, not planes: a 2D map is one plane
+      for (int64_t z = 0; z < shape[2]; ++z) {
+        const int64_t x = row / shape[1], y = row % shape[1];
+        const int64_t g = row * shape[2] + z;
+        const int32_t rv = ref[g], pv = pred[g];
+        const int32_t rid = lut(rv), pid = lut(pv);
+        Edge er = -1, ep = -1;
+        if (rid >= 0) {
+          ++cnt[rid][0];
+          if (rv == pv) ++cnt[rid][2];
+          if (border(ref, rv, x, y, z)) er = static_cast<Edge>(rid), mine[rid].push_back(g);
         }
+        if (pid >= 0) {
+          ++cnt[pid][1];
+          if (border(pred, pv, x, y, z)) ep = static_cast<Edge>(pid), mine[num_labels + pid].push_back(g);
+        }
+        edge_ref[g] = er, edge_pred[g] = ep;
+      }
   }
   std::vector<std::vector<int64_t>> sets(2 * num_labels);  // [l]: ref border of l, [L + l]: pred's
   for (int64_t k = 0; k < 2 * num_labels; ++k) {
