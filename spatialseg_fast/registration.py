@@ -60,8 +60,8 @@ def _normalised(data: np.ndarray) -> np.ndarray:
 
 LOW_SIMILARITY = 0.5
 """Below this final similarity the pipeline warns that the registration probably failed: T1 brains
-score 0.75-1.0 (warped held-out subjects ~0.75, the templates themselves 0.99-1.0), a brain-shaped
-noise image ~0.03 and a brain whose header is 90 degrees wrong ~0.1 (bench/RESULTS.md)."""
+score 0.75-1.0 (warped held-out subjects ~0.77, the templates themselves 0.99-1.0), a brain-shaped
+noise image ~0.02 and a brain whose header is 90 degrees wrong ~0.09 (bench/RESULTS.md)."""
 
 
 @dataclass
