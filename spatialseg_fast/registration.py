@@ -14,7 +14,7 @@ The result maps template world positions to subject world positions: sampling th
 gives the subject in template space, and its inverse maps labels back. :func:`register` also
 returns the final similarity (NCC over the template's deep brain interior, 1 = identical up to
 contrast; below LOW_SIMILARITY the registration probably failed) so that batch users can flag
-failed registrations. Known motions come back to < 0.1 mm (bench/RESULTS.md, issue 17).
+failed registrations. Known motions come back to ~0.1 mm or better (bench/RESULTS.md, issue 17).
 """
 from __future__ import annotations
 
