@@ -38,16 +38,24 @@ def grid_affine():
     return a
 
 
-@pytest.fixture(scope="module")
-def toy_model_path(tmp_path_factory):
-    image, labels = phantom()
-    model = build_model("basenet+dist+prob", len(VALUES), seed=0, label_values=VALUES, label_names=("background", "core", "shell", "blob"),
-                        intensity_reference="brain_median")
-    model.atlas = build_atlas([labels], VALUES)
+def save_toy_model(path, labels, values, names=None):
+    """A tiny untrained basenet+dist+prob model of the phantom: its atlas from `labels` (coded with
+    `values`), the phantom as its registration template, its grid in the metadata."""
+    image, _ = phantom()
+    named = {"label_names": names} if names is not None else {}
+    model = build_model("basenet+dist+prob", len(values), seed=0, label_values=values,
+                        intensity_reference="brain_median", **named)
+    model.atlas = build_atlas([labels], values)
     model.template = template_volume(image, grid_affine())
-    path = tmp_path_factory.mktemp("model") / "toy.safetensors"
     save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
     return path
+
+
+@pytest.fixture(scope="module")
+def toy_model_path(tmp_path_factory):
+    _, labels = phantom()
+    return save_toy_model(tmp_path_factory.mktemp("model") / "toy.safetensors", labels, VALUES,
+                          ("background", "core", "shell", "blob"))
 
 
 def write(path, data, affine):
@@ -327,13 +335,7 @@ def test_label_values_above_255_come_back_through_the_pipeline(tmp_path):
     image, labels = phantom()
     values = (0, 2, 5, 300)
     big = np.where(labels == 7, 300, labels.astype(np.uint16)).astype(np.uint16)
-    model = build_model("basenet+dist+prob", len(values), seed=0, label_values=values,
-                        intensity_reference="brain_median")
-    model.atlas = build_atlas([big], values)
-    model.template = template_volume(image, grid_affine())
-    path = tmp_path / "big.safetensors"
-    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
-    model = load_model(path)
+    model = load_model(save_toy_model(tmp_path / "big.safetensors", big, values))
     for register in (False, True):
         out = segment_volume(Volume(image, motion("rigid") @ grid_affine()), model, register=register)
         data = np.asarray(out.labels.data)

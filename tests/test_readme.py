@@ -16,7 +16,7 @@ import pytest
 from spatialseg_fast.cli import build_parser, main
 from spatialseg_fast.volume import Volume
 
-from test_pipeline import SHAPE, grid_affine, phantom, write
+from test_pipeline import SHAPE, grid_affine, phantom, save_toy_model, write
 
 # a tiny model with real Neuromorphometrics codes, so examples that name them run unchanged
 CODES = (0, 47, 48, 59)
@@ -25,19 +25,9 @@ NAMES = ("background", "Right Hippocampus", "Left Hippocampus", "Right Thalamus 
 
 @pytest.fixture(scope="module")
 def readme_model_path(tmp_path_factory):
-    from spatialseg_fast import build_model, save_model
-    from spatialseg_fast.datasets.atlas import build_atlas
-    from spatialseg_fast.training.recipe import template_volume
-
-    image, labels = phantom()
+    _, labels = phantom()
     coded = np.select([labels == 2, labels == 5, labels == 7], [47, 48, 59], 0).astype(np.uint8)
-    model = build_model("basenet+dist+prob", len(CODES), seed=0, label_values=CODES, label_names=NAMES,
-                        intensity_reference="brain_median")
-    model.atlas = build_atlas([coded], CODES)
-    model.template = template_volume(image, grid_affine())
-    path = tmp_path_factory.mktemp("readme_model") / "tiny.safetensors"
-    save_model(model, path, metadata={"template": {"shape": list(SHAPE), "affine": grid_affine().tolist()}})
-    return path
+    return save_toy_model(tmp_path_factory.mktemp("readme_model") / "tiny.safetensors", coded, CODES, NAMES)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PARSE_ONLY = ("train", "demo")
