@@ -1,0 +1,74 @@
+"""Choose the island cleanup (spatialseg_fast/cleanup.py) on validation subjects, never on test ones.
+
+    python bench/cleanup_choice.py [--model PATH] [--subjects 3] [--fractions 0 0.02 0.1 0.3 1]
+
+Subjects: the wide distribution's validation subjects (training/recipe.py WIDE_SEEDS["validation"],
+the ones training already selects its best epoch on), segmented whole on the template grid (fp32).
+Prints mean Dice / HD / MSD over the 134 structures for each keep fraction (0: no cleanup) and the
+seconds the cleanup took. Predictions are cached per model file in bench/.cleanup_cache.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spatialseg_fast import segment
+from spatialseg_fast.cleanup import remove_islands
+from spatialseg_fast.datasets import load_source
+from spatialseg_fast.metrics import evaluate
+from spatialseg_fast.model import load_default_model, load_model
+from spatialseg_fast.training.recipe import WIDE_SEEDS
+from spatialseg_fast.training.stream import wide_cohort
+
+from heldout_warped import METRICS, _file_key
+
+
+def _means(pred, truth, values) -> dict:
+    table = evaluate(pred, truth, spacing=(1.0, 1.0, 1.0), labels=values, metrics=METRICS)
+    out = {}
+    for m in METRICS:
+        x = table.column(m)
+        out[m] = float(np.nanmean(np.where(np.isfinite(x), x, np.nan)))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model file (default: the shipped weights)")
+    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.3, 1.0])
+    parser.add_argument("--cache", default=str(Path(__file__).parent / ".cleanup_cache"))
+    args = parser.parse_args(argv)
+    model = load_model(args.model) if args.model else load_default_model()
+    values = [v for v in model.config.output_values() if v != 0]
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    base = load_source("cat12")
+    subjects = wide_cohort(base, args.subjects, WIDE_SEEDS["validation"])
+    scores = {f: [] for f in args.fractions}
+    seconds = {f: [] for f in args.fractions}
+    for i, s in enumerate(subjects):
+        path = cache / f"{_file_key(args.model)}-val{WIDE_SEEDS['validation']}-{i}.npz"
+        if path.is_file():
+            pred = np.load(path)["pred"]
+        else:
+            pred = np.asarray(segment(s.image, model, precision="fp32"))
+            np.savez_compressed(path, pred=pred)
+        for f in args.fractions:
+            t0 = time.perf_counter()
+            clean = remove_islands(pred, keep_fraction=f)
+            seconds[f].append(time.perf_counter() - t0)
+            scores[f].append(_means(clean, s.labels, values))
+        row = "  ".join(f"{f:g}: {scores[f][-1]['dice']:.4f}/{scores[f][-1]['hausdorff']:.2f}" for f in args.fractions)
+        print(f"subject {i}: Dice/HD per keep fraction  {row}", flush=True)
+    print(f"\n{'keep fraction':>14} {'Dice':>8} {'HD mm':>8} {'MSD mm':>8} {'cleanup s':>10}   (mean of {len(subjects)} validation subjects)")
+    for f in args.fractions:
+        m = {k: np.mean([r[k] for r in scores[f]]) for k in METRICS}
+        print(f"{f:>14g} {m['dice']:>8.4f} {m['hausdorff']:>8.2f} {m['msd']:>8.3f} {np.mean(seconds[f]):>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

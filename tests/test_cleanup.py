@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from spatialseg_fast.cleanup import remove_islands
+
+
+def _two_structures():
+    lab = np.zeros((20, 24, 22), dtype=np.uint8)
+    lab[2:18, 2:12, 2:20] = 3  # structure 3: the left block
+    lab[2:18, 12:22, 2:20] = 5  # structure 5: the right block
+    return lab
+
+
+def test_stray_island_takes_the_surrounding_label():
+    lab = _two_structures()
+    lab[8:10, 16:18, 8:10] = 3  # 8 voxels of 3 deep inside 5
+    out = remove_islands(lab)
+    assert (out[8:10, 16:18, 8:10] == 5).all()
+    expected = _two_structures()
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == lab.dtype
+    assert (lab[8:10, 16:18, 8:10] == 3).all()  # the input is not changed
+
+
+def test_island_outside_the_structures_goes_to_background():
+    lab = _two_structures()
+    lab[0, 0, 0] = 5
+    out = remove_islands(lab)
+    assert out[0, 0, 0] == 0
+    np.testing.assert_array_equal(out, _two_structures())
+
+
+def test_keep_fraction_bounds():
+    lab = _two_structures()
+    lab[8:10, 16:18, 8:10] = 3
+    np.testing.assert_array_equal(remove_islands(lab, keep_fraction=0), lab)
+    # the island is 8 voxels, the block 16*10*18: kept only below 8 / 2880 of the largest
+    assert (remove_islands(lab, keep_fraction=0.002)[8:10, 16:18, 8:10] == 3).all()
+    assert (remove_islands(lab, keep_fraction=0.003)[8:10, 16:18, 8:10] == 5).all()
+
+
+def test_equal_pieces_are_both_kept():
+    lab = np.zeros((10, 30, 10), dtype=np.int32)
+    lab[2:8, 2:8, 2:8] = 7
+    lab[2:8, 20:26, 2:8] = 7
+    np.testing.assert_array_equal(remove_islands(lab, keep_fraction=1.0), lab)
+
+
+def test_diagonal_neighbours_are_one_piece():
+    lab = np.zeros((12, 12, 12), dtype=np.int16)
+    lab[2:6, 2:6, 2:6] = 4
+    lab[6, 6, 6] = 4  # touches the block's corner only: 26-connected to it
+    np.testing.assert_array_equal(remove_islands(lab, keep_fraction=1.0), lab)
+
+
+def test_background_pieces_are_left_alone():
+    lab = _two_structures()
+    lab[8:10, 6:8, 8:10] = 0  # a hole in 3
+    np.testing.assert_array_equal(remove_islands(lab, keep_fraction=1.0), lab)
+
+
+def test_nearest_kept_voxel_uses_the_spacing():
+    # a stray voxel of 9 on the border between 3 (the next voxel along axis 0) and 5 (all around
+    # it otherwise): which is nearer depends on the voxel size along axis 0
+    lab = np.full((9, 9, 9), 5, dtype=np.uint8)
+    lab[:4] = 3
+    lab[0:2, 0:2, 0:2] = 9  # 9's largest piece, kept
+    lab[4, 4, 4] = 9
+    near3 = remove_islands(lab, keep_fraction=1.0, spacing=(0.5, 1.0, 2.0))
+    near5 = remove_islands(lab, keep_fraction=1.0, spacing=(2.0, 1.0, 0.5))
+    assert near3[4, 4, 4] == 3 and near5[4, 4, 4] == 5
+    assert (near3[0:2, 0:2, 0:2] == 9).all()
+
+
+def test_large_and_negative_label_values():
+    lab = np.zeros((10, 10, 10), dtype=np.int32)
+    lab[1:5] = 40000
+    lab[5:9] = -2
+    lab[7, 7, 7] = 40000
+    out = remove_islands(lab)
+    assert out[7, 7, 7] == -2
+    assert set(np.unique(out)) == {0, 40000, -2}
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((4, 4)), "3D"),
+    (np.zeros((4, 4, 4), dtype=np.float32), "integer"),
+    (np.zeros((0, 4, 4), dtype=np.uint8), "non-empty"),
+])
+def test_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        remove_islands(bad)
+
+
+def test_bad_fraction():
+    with pytest.raises(ValueError, match="keep_fraction"):
+        remove_islands(np.zeros((3, 3, 3), dtype=np.uint8), keep_fraction=1.5)
