@@ -16,6 +16,18 @@ import time
 from pathlib import Path
 
 from spatialseg_fast._tables import csv_text as _csv_text, volume_rows as _volume_rows
+from spatialseg_fast.cleanup import DEFAULT_KEEP_FRACTION
+
+
+def _keep_fraction(text: str) -> float:
+    """argparse type of --cleanup: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a keep fraction in [0, 1] (0: off); got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a keep fraction in [0, 1] (0: off); got {text}")
+    return value
 
 
 def _rounded(value, digits: int = 4):
@@ -484,7 +496,7 @@ def _cmd_segment(args) -> int:
                 print(f"[{i}/{len(inputs)}] {stem}:", file=sys.stderr, flush=True)
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
-                                  progress=not args.quiet, skull_strip=args.skull_strip)
+                                  progress=not args.quiet, skull_strip=args.skull_strip, cleanup=args.cleanup)
             if args.qc:
                 picture = qc_file or Path(args.qc) / f"{stem}_qc.png"
                 img = to_ras(load_volume(path))
@@ -664,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: the stripped brain, or the "
                     "non-zero voxels with enclosed holes filled)")
     sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")
+    sg.add_argument("--cleanup", type=_keep_fraction, default=DEFAULT_KEEP_FRACTION, metavar="F",
+                    help="island cleanup: a structure's pieces smaller than F times its largest take the nearest "
+                         f"kept label (default {DEFAULT_KEEP_FRACTION:g}, chosen on validation subjects; 0: off)")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
     sg.add_argument("--qc", metavar="PNG|DIR",

@@ -5,7 +5,8 @@ load (3D, or 4D with one volume) -> affine registration to the model's template 
 orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
 input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
-voxel), header kept -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
+voxel), header kept; before that, the island cleanup (cleanup.py: each structure keeps its large
+pieces, strays take the nearest kept label; ``cleanup=0`` turns it off) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
 structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
 filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
 a registration whose final similarity is below registration.LOW_SIMILARITY is warned about always.
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .brainmask import default_brain_mask
+from .cleanup import DEFAULT_KEEP_FRACTION, remove_islands
 from .inference import segment
 from .model.network import SpatialSegNet
 from .registration import LOW_SIMILARITY, register as register_to_template, to_subject, to_template
@@ -43,7 +45,7 @@ class SegmentationResult:
     stripped: bool = False
     """Whether the image was skull-stripped here (deepbet)."""
     stages: dict = field(default_factory=dict)
-    """Seconds per pipeline stage: load, skull strip, register, resample, segment, map back (as they ran)."""
+    """Seconds per pipeline stage: load, skull strip, register, resample, segment, cleanup, map back (as they ran)."""
     registration_similarity: float | None = None
     """The registration's final similarity (registration.Registration.similarity); None without
     registration. Low values flag a failed registration."""
@@ -69,8 +71,12 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
                    precision: str = "auto", threads=None, probabilities=None, progress: bool = False,
-                   skull_strip: str = "auto") -> SegmentationResult:
+                   skull_strip: str = "auto", cleanup: float = DEFAULT_KEEP_FRACTION) -> SegmentationResult:
     """Segment a T1 `image` (a Volume on any grid) with `model`; see the module doc.
+
+    cleanup: the keep fraction of cleanup.remove_islands applied to the labels on the template
+    grid (default DEFAULT_KEEP_FRACTION, chosen on validation subjects; 0: the engine's labels as
+    they are).
 
     skull_strip: "auto" (default) strips the image when it looks like a whole head
     (skullstrip.head_or_brain) and refuses, with a one-line error saying how to install the
@@ -80,6 +86,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
 
     if skull_strip not in MODES:
         raise ValueError(f"skull_strip must be one of {', '.join(MODES)}; got {skull_strip!r}")
+    if not 0 <= cleanup <= 1:
+        raise ValueError(f"cleanup must be a keep fraction in [0, 1] (0: off); got {cleanup}")
     t0 = time.perf_counter()
     stage = _Stages(progress)
     shape, affine = template_grid_of(model)
@@ -123,6 +131,9 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
                   return_probabilities=wanted, progress=progress)
     labels_t, probs_t = out if wanted else (out, None)
     stage.done("segment")
+    if cleanup > 0:
+        labels_t = remove_islands(np.asarray(labels_t), keep_fraction=cleanup, spacing=spacing)
+        stage.done("cleanup")
     # labels back by a trilinear-weighted vote of the 8 template voxels around each input voxel: on a
     # rotated or finer grid it keeps thin structures that nearest neighbour frays (bench_registration.py)
     back = to_subject(Volume(np.asarray(labels_t), affine), image.shape, image.affine, transform, kind="label_linear")

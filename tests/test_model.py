@@ -60,6 +60,47 @@ def test_dropout_only_in_training():
     assert not torch.equal(a, m(x))
 
 
+@pytest.mark.parametrize("shape, dtype", [((4097, 33), torch.float32), ((3, 5, 7), torch.float32), ((1000, 40), torch.bfloat16)])
+def test_half_dropout_is_dropout_one_half(shape, dtype):
+    """The bit-mask dropout keeps each element with probability 1/2, independently, doubled, and
+    passes the gradient through the same mask; torch's seed makes it reproducible."""
+    from spatialseg_fast.model.network import _HalfDropout
+
+    x = (torch.rand(shape) + 0.5).to(dtype).requires_grad_()
+    torch.manual_seed(3)
+    y = _HalfDropout.apply(x)
+    kept = y != 0
+    assert torch.equal(y[kept], 2 * x[kept]) and y.dtype == dtype and y.shape == x.shape
+    n = x.numel()
+    share = kept.float().mean().item()
+    assert abs(share - 0.5) < 5 * (0.25 / n) ** 0.5  # within 5 sd of a Binomial(n, 1/2)
+    if n > 10_000:  # no pattern between neighbouring elements (bits of one integer)
+        flat = kept.flatten().float()
+        both = (flat[1:] * flat[:-1]).mean().item()
+        assert abs(both - 0.25) < 5 * (0.1875 / n) ** 0.5
+        assert abs(kept[:, 0].float().mean().item() - 0.5) < 5 * (0.25 / shape[0]) ** 0.5  # per column too
+    g = torch.randn(shape).to(dtype)
+    y.backward(g)
+    assert torch.equal(x.grad, g * kept.to(dtype) * 2)
+    torch.manual_seed(3)
+    assert torch.equal(_HalfDropout.apply(x.detach()), y.detach())
+    assert not torch.equal(_HalfDropout.apply(x.detach()), y.detach())
+
+
+def test_the_network_uses_half_dropout_only_for_p_one_half(monkeypatch):
+    from spatialseg_fast.model import network
+
+    calls = []
+    real = network._HalfDropout.apply
+    monkeypatch.setattr(network._HalfDropout, "apply", lambda x: calls.append(1) or real(x))
+    x = torch.randn(8, 3, 25, 25)
+    build_model("basenet", 4, seed=0).train()(x)
+    assert len(calls) == 2  # after fc1 and fc2
+    build_model("basenet", 4, seed=0, dropout=0.3).train()(x)
+    build_model("basenet", 4, seed=0).eval()(x)
+    assert len(calls) == 2
+
+
 def test_missing_branch_inputs_raise():
     m = build_model("full", 4)
     x = torch.randn(2, 3, 25, 25)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from spatialseg_fast import build_model, save_model
+from spatialseg_fast import build_model, save_model, segment
+from spatialseg_fast.cleanup import remove_islands
 from spatialseg_fast.cli import main
 from spatialseg_fast.datasets.atlas import build_atlas
 from spatialseg_fast.model import load_model
@@ -161,6 +162,28 @@ def test_segmenting_a_moved_header_equals_segmenting_in_place(toy_model_path, ca
     assert moved.registration_similarity > 0.99 and in_place.registration_similarity is None
     err = capsys.readouterr().err
     assert f"(similarity {moved.registration_similarity:.3f})" in err and "register:" in err
+
+
+def test_island_cleanup_runs_on_the_template_grid_and_can_be_turned_off(tmp_path, capsys):
+    """On the template grid (no registration, identity resampling) the pipeline's labels are the
+    engine's labels with remove_islands applied; cleanup=0 gives the engine's labels. The toy
+    model's atlas has a stray 27-voxel piece of the blob (7) in the shell, which the untrained
+    model copies."""
+    image, labels = phantom()
+    labels = labels.copy()
+    labels[6:9, 16:19, 12:15] = 7
+    model = load_model(save_toy_model(tmp_path / "island.safetensors", labels, VALUES))
+    raw = segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=0)
+    engine = np.asarray(segment(image, model, mask=image > 0, precision="fp32"))
+    np.testing.assert_array_equal(np.asarray(raw.labels.data), engine)
+    assert (engine[6:9, 16:19, 12:15] == 7).all()
+    clean = segment_volume(Volume(image, grid_affine()), model, register=False, progress=True)  # the default
+    expected = remove_islands(engine)
+    assert (expected[6:9, 16:19, 12:15] != 7).all()
+    np.testing.assert_array_equal(np.asarray(clean.labels.data), expected)
+    assert "cleanup:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cleanup"):
+        segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=-0.5)
 
 
 # -- the command line -------------------------------------------------------------------------

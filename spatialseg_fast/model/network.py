@@ -133,6 +133,32 @@ class ProbBranch(nn.Module):
         return x
 
 
+class _HalfDropout(torch.autograd.Function):
+    """Dropout with p = 1/2 from random bits: each element kept (and doubled) or zeroed with
+    probability exactly 1/2, independently, as nn.Dropout(0.5) does.
+
+    Why: torch's CPU dropout draws one Bernoulli variate per element, and for the head's ~2,800
+    dropped activations per voxel that cost more than the fully connected layer it feeds (0.66 s
+    forward + backward on 8192 x 2134 fp32 on one core, against 0.27 s here and 0.42 s for the
+    640-wide matrix product). One 32-bit random integer gives 32 elements their masks."""
+
+    _SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+    @staticmethod
+    def forward(ctx, x):
+        n = x.numel()
+        bits = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), dtype=torch.int32, device=x.device).view(torch.uint8)
+        mask = (bits[:, None] >> _HalfDropout._SHIFTS.to(x.device)).bitwise_and_(1).view(-1)[:n]
+        mask = mask.view_as(x).to(x.dtype).mul_(2)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
 class SpatialSegNet(nn.Module):
     """BaseNet + optional DistBranch, ProbBranch and 3dBranch, as configured."""
 
@@ -191,26 +217,32 @@ class SpatialSegNet(nn.Module):
         aux = {id(p) for m in (self.aux_base, self.aux_dist) if m is not None for p in m.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in aux)
 
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """self.drop, with the bit-mask form for the paper's p = 0.5 (same distribution, faster)."""
+        if self.training and self.drop.p == 0.5:
+            return _HalfDropout.apply(x)
+        return self.drop(x)
+
     def head(self, base: torch.Tensor, distances, cube, atlas, *, return_aux: bool = False):
         """From BaseNet's flattened reduced features (after ReLU), the landmark distances
         [N, G, G, G], the 3dBranch's flattened trunk features and the atlas rows [N, L] to
         logits [N, L]. Shared by the patch and the dense forms."""
-        h1 = self.drop(F.relu(self.fc1(base)))
+        h1 = self._dropout(F.relu(self.fc1(base)))
         parts, aux = [h1], {}
         if return_aux:
             aux["base"] = self.aux_base(h1)
         if self.dist is not None:
             if distances is None:
                 raise ValueError("this model has a DistBranch: landmark distances are required")
-            d = self.drop(self.dist(distances))
+            d = self._dropout(self.dist(distances))
             parts.append(d)
             if return_aux:
                 aux["dist"] = self.aux_dist(d)
         if self.cube is not None:
             if cube is None:
                 raise ValueError("this model has a 3dBranch: 3D patches are required")
-            parts.append(self.drop(F.relu(self.cube_fc(cube))))
-        h2 = self.drop(F.relu(self.fc2(torch.cat(parts, dim=1) if len(parts) > 1 else h1)))
+            parts.append(self._dropout(F.relu(self.cube_fc(cube))))
+        h2 = self._dropout(F.relu(self.fc2(torch.cat(parts, dim=1) if len(parts) > 1 else h1)))
         logits = self.fc3(h2)
         if self.prob is not None:
             if atlas is None:
