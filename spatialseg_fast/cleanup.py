@@ -10,13 +10,15 @@ hold a few hundred voxels), so a piece much smaller than its structure's largest
 Each label keeps its largest 26-connected component and every component of at least
 ``keep_fraction`` of the largest's size; the voxels of the other components take the label of the
 nearest kept voxel (background included). Which fraction, and whether to clean at all, was chosen on
-the validation pseudo-subjects, not on the held-out ones (bench/cleanup_choice.py, bench/RESULTS.md).
+the validation pseudo-subjects, not on the held-out ones (bench/cleanup_choice.py, bench/RESULTS.md):
+on 3 of them, 0.3 gave the best of every metric (mean HD 13.06 -> 10.23 mm, MSD 2.07 -> 1.99 mm,
+Dice 0.563 -> 0.565) in about 1 s per brain; 0.02 and 1 were worse.
 """
 from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_KEEP_FRACTION = 0.1
+DEFAULT_KEEP_FRACTION = 0.3
 
 
 def remove_islands(labels, *, keep_fraction: float = DEFAULT_KEEP_FRACTION, background: int = 0,
