@@ -264,3 +264,33 @@ def test_init_starts_from_another_models_weights(tmp_path):
     other = build_model("basenet", len(VALUES), seed=0, label_values=VALUES, intensity_reference="brain_median")
     with pytest.raises(ValueError, match="another configuration"):
         _init_from(other, tmp_path / "m.safetensors")
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
+    from spatialseg_fast import save_model
+    from spatialseg_fast.modelcard import card
+    from spatialseg_fast.training.average import average_checkpoints
+
+    _, labels = toy_pair(0)
+    atlas = build_atlas([labels], VALUES)
+    paths = []
+    for seed in range(3):
+        m = build_model("basenet+dist+prob", len(VALUES), seed=seed, label_values=VALUES)
+        paths.append(save_model(m, tmp_path / f"ep{seed}.safetensors", atlas=atlas,
+                                metadata={"data": "toy", "training": {"epoch": seed, "options": {}, "history": []}}))
+    out = average_checkpoints(paths, tmp_path / "avg.safetensors")
+    avg = load_model(out)
+    models = [load_model(p) for p in paths]
+    for name, value in avg.state_dict().items():
+        expected = sum(m.state_dict()[name].double() for m in models) / 3
+        torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+    assert avg.metadata["data"] == "toy" and avg.metadata["training"]["epoch"] == 2
+    assert torch.equal(avg.atlas.index, models[-1].atlas.index)
+    assert "3 checkpoints (ep0.safetensors, ep1.safetensors, ep2.safetensors)" in card(out)["averaged"]
+    other = save_model(build_model("basenet", len(VALUES), seed=0, label_values=VALUES), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="another configuration"):
+        average_checkpoints([other, paths[0]], tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints(paths[:1], tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="one of the inputs"):
+        average_checkpoints(paths, paths[0])
