@@ -1,7 +1,7 @@
 """Training throughput: voxel-samples per second in patch mode vs dense mode, same model.
 
 pytest mode:  pytest bench/bench_training.py --benchmark-only   (a small synthetic volume)
-script mode:  python bench/bench_training.py [--precisions fp32 bf16] [--steps 4] [--synthetic]
+script mode:  python bench/bench_training.py [--precisions fp32 bf16] [--steps 4] [--synthetic] [--dropout-ratio]
               the full preset with 135 classes on one CAT12 pseudo-subject (template grid,
               ~1.9M brain voxels; --synthetic: an ellipsoid brain of the same size, no fetch):
               optimizer steps of dense mode (slabs of 4 slices, every brain voxel a sample) and
@@ -43,12 +43,12 @@ def setup(image, labels, values):
     return model, subject, atlas
 
 
-def rate(model, subject, atlas, options, steps) -> float:
+def rate(model, subject, atlas, options, steps, first: int = 1) -> float:
     step_fn = _dense_step if options.mode == "dense" else _patch_step
     opt = _optimizer(model, options)
     rng = np.random.default_rng(0)
     best = 0.0
-    for i in range(steps + 1):
+    for i in range(1 - first, steps + 1):
         opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         _, n = step_fn(model, subject, atlas, options, rng)
@@ -73,11 +73,31 @@ def test_training_step(benchmark, small, mode):
     benchmark(lambda: step_fn(model, subject, atlas, options, rng))
 
 
+def dropout_ratio(image, labels, values, steps: int) -> None:
+    """Dense fp32 steps (slabs of 4) with the bit-mask dropout and with torch's, alternating."""
+    from spatialseg_fast.model.network import SpatialSegNet
+
+    model, subject, atlas = setup(image, labels, values)
+    options = TrainOptions(mode="dense", slab=4, precision="fp32")
+    fast = SpatialSegNet._dropout
+    rates = {"bit-mask dropout": [], "torch dropout": []}
+    rate(model, subject, atlas, options, 0, first=1)  # warm-up
+    for _ in range(steps):
+        for name in rates:
+            SpatialSegNet._dropout = fast if name == "bit-mask dropout" else (lambda self, x: self.drop(x))
+            rates[name].append(rate(model, subject, atlas, options, 1, first=0))
+    SpatialSegNet._dropout = fast
+    for name, r in rates.items():
+        print(f"{name:<18} dense samples/s: median {np.median(r):,.0f}  ({', '.join(f'{x:,.0f}' for x in r)})")
+    print(f"ratio {np.median(rates['bit-mask dropout']) / np.median(rates['torch dropout']):.2f}x")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--dropout-ratio", action="store_true")
     args = parser.parse_args(argv)
     if args.synthetic:
         image, labels = synthetic_pair()
@@ -90,6 +110,8 @@ def main(argv=None):
         image, labels = subject.image, subject.labels
         values = label_table()[0]
     print(f"full preset, 135 classes, {int((image != 0).sum()):,} brain voxels, {torch.get_num_threads()} threads")
+    if args.dropout_ratio:
+        return dropout_ratio(image, labels, values, args.steps)
     print(f"{'precision':<10} {'dense samples/s':>16} {'patch samples/s':>16} {'dense/patch':>12}")
     for precision in args.precisions:
         model, subject, atlas = setup(image, labels, values)
