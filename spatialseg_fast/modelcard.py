@@ -46,6 +46,8 @@ def card(path) -> dict:
         best = training.get("best_dice")
         if isinstance(best, float):
             out["validation"] = f"best slab Dice {best:.3f} (epoch {int(training.get('best_epoch', -1)) + 1})"
+            if extra.get("averaged_from"):
+                out["validation"] = "the run's best single epoch: " + out["validation"]
     if extra.get("averaged_from"):
         names = [str(p).rsplit("/", 1)[-1] for p in extra["averaged_from"]]
         out["averaged"] = f"the mean of the weights of {len(names)} checkpoints ({', '.join(names)})"
