@@ -1,11 +1,11 @@
-"""Choose the island cleanup (spatialseg_fast/cleanup.py) on validation subjects, never on test ones.
+"""Choose the cleanup (spatialseg_fast/cleanup.py) on validation subjects, never on test ones.
 
     python bench/cleanup_choice.py [--model PATH] [--subjects 3] [--fractions 0 0.02 0.1 0.3 1]
 
 Subjects: the wide distribution's validation subjects (training/recipe.py WIDE_SEEDS["validation"],
 the ones training already selects its best epoch on), segmented whole on the template grid (fp32).
-Prints mean Dice / HD / MSD over the 134 structures for each keep fraction (0: no cleanup) and the
-seconds the cleanup took. Predictions are cached per model file in bench/.cleanup_cache.
+Prints mean Dice / HD / MSD over the 134 structures for each keep fraction of the islands rule (0:
+none), without and then with the atlas rule before it, and the seconds the cleanup took. Predictions are cached per model file in bench/.cleanup_cache.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from spatialseg_fast import segment
-from spatialseg_fast.cleanup import remove_islands
+from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
 from spatialseg_fast.datasets import load_source
 from spatialseg_fast.metrics import evaluate
 from spatialseg_fast.model import load_default_model, load_model
@@ -48,8 +48,9 @@ def main(argv=None):
     cache.mkdir(parents=True, exist_ok=True)
     base = load_source("cat12")
     subjects = wide_cohort(base, args.subjects, WIDE_SEEDS["validation"])
-    scores = {f: [] for f in args.fractions}
-    seconds = {f: [] for f in args.fractions}
+    variants = [(a, f) for a in (False, True) for f in args.fractions]
+    scores = {v: [] for v in variants}
+    seconds = {v: [] for v in variants}
     for i, s in enumerate(subjects):
         path = cache / f"{_file_key(args.model)}-val{WIDE_SEEDS['validation']}-{i}.npz"
         if path.is_file():
@@ -57,17 +58,21 @@ def main(argv=None):
         else:
             pred = np.asarray(segment(s.image, model, precision="fp32"))
             np.savez_compressed(path, pred=pred)
-        for f in args.fractions:
+        for a, f in variants:
             t0 = time.perf_counter()
-            clean = remove_islands(pred, keep_fraction=f)
-            seconds[f].append(time.perf_counter() - t0)
-            scores[f].append(_means(clean, s.labels, values))
-        row = "  ".join(f"{f:g}: {scores[f][-1]['dice']:.4f}/{scores[f][-1]['hausdorff']:.2f}" for f in args.fractions)
-        print(f"subject {i}: Dice/HD per keep fraction  {row}", flush=True)
-    print(f"\n{'keep fraction':>14} {'Dice':>8} {'HD mm':>8} {'MSD mm':>8} {'cleanup s':>10}   (mean of {len(subjects)} validation subjects)")
-    for f in args.fractions:
-        m = {k: np.mean([r[k] for r in scores[f]]) for k in METRICS}
-        print(f"{f:>14g} {m['dice']:>8.4f} {m['hausdorff']:>8.2f} {m['msd']:>8.3f} {np.mean(seconds[f]):>10.2f}")
+            clean = remove_outside_atlas(pred, model.atlas, model.config.output_values()) if a else pred
+            clean = remove_islands(clean, keep_fraction=f)
+            seconds[a, f].append(time.perf_counter() - t0)
+            scores[a, f].append(_means(clean, s.labels, values))
+        row = "  ".join(f"{'atlas+' if a else ''}{f:g}: {scores[a, f][-1]['dice']:.4f}/{scores[a, f][-1]['hausdorff']:.2f}"
+                        for a, f in variants)
+        print(f"subject {i}: Dice/HD per cleanup  {row}", flush=True)
+    print(f"\n{'atlas rule':>10} {'keep fraction':>14} {'Dice':>8} {'HD mm':>8} {'MSD mm':>8} {'cleanup s':>10}"
+          f"   (mean of {len(subjects)} validation subjects)")
+    for a, f in variants:
+        m = {k: np.mean([r[k] for r in scores[a, f]]) for k in METRICS}
+        print(f"{'yes' if a else 'no':>10} {f:>14g} {m['dice']:>8.4f} {m['hausdorff']:>8.2f} {m['msd']:>8.3f} "
+              f"{np.mean(seconds[a, f]):>10.2f}")
 
 
 if __name__ == "__main__":

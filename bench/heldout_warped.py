@@ -21,7 +21,8 @@ WIDE_SEEDS). Each is segmented on the template grid (as ``--no-register``) and s
 Targets (issue 14): on ICBM, (a) >= (b) + 0.05 and >= (c) + 0.05 in Dice, (a) - (d) >= 0.05,
 HD of (a) <= HD of (b). Scores and the model's labels are cached per model file and subject in
 --cache, so re-running after a new checkpoint only segments what is new, and ``--cleanup F`` (the
-island cleanup of spatialseg_fast/cleanup.py) re-scores without segmenting again.
+island cleanup of spatialseg_fast/cleanup.py) and ``--atlas-support`` (its atlas rule) re-score without
+segmenting again; ``--atlas-support --cleanup 0.3`` scores what ``spatialseg segment`` writes by default.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from spatialseg_fast import segment
-from spatialseg_fast.cleanup import remove_islands
+from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
 from spatialseg_fast.datasets import load_source
 from spatialseg_fast.datasets.variability import HELDOUT, displacement_stats, make_wide_subject
 from spatialseg_fast.metrics import evaluate
@@ -65,7 +66,8 @@ def _dice_on(voxels, pred, truth, values) -> float:
     return float((2 * inter[v] / total[v]).mean()) if len(v) else float("nan")
 
 
-def score_subject(model, base, subject, disp_stats: dict, precision: str, pred_file: Path, cleanup: float) -> dict:
+def score_subject(model, base, subject, disp_stats: dict, precision: str, pred_file: Path, cleanup: float,
+                  atlas_support: bool = False) -> dict:
     values = [v for v in model.config.output_values() if v != 0]
     brain = subject.image != 0
     seconds = float("nan")
@@ -76,6 +78,8 @@ def score_subject(model, base, subject, disp_stats: dict, precision: str, pred_f
         pred = np.asarray(segment(subject.image, model, precision=precision))
         seconds = time.perf_counter() - t0
         np.savez_compressed(pred_file, pred=pred)
+    if atlas_support:
+        pred = remove_outside_atlas(pred, model.atlas, model.config.output_values())
     if cleanup > 0:
         pred = remove_islands(pred, keep_fraction=cleanup)
     lut = np.asarray(model.config.output_values())
@@ -139,6 +143,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cleanup", type=float, default=0.0, metavar="F",
                         help="score the model's labels after spatialseg_fast.cleanup.remove_islands with keep "
                              "fraction F (default 0: as segmented)")
+    parser.add_argument("--atlas-support", action="store_true",
+                        help="score the model's labels after spatialseg_fast.cleanup.remove_outside_atlas (before "
+                             "--cleanup); with --cleanup 0.3 this is what `spatialseg segment` does by default")
     args = parser.parse_args(argv)
     model = load_model(args.model) if args.model else load_default_model()
     if model.atlas is None:
@@ -147,7 +154,8 @@ def main(argv=None) -> dict:
     cache_dir.mkdir(parents=True, exist_ok=True)
     variant = hashlib.sha256(json.dumps(HELDOUT.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
     stem = f"{_file_key(args.model)}-{args.precision}-{variant}"
-    cache_file = cache_dir / (stem + (f"-cleanup{args.cleanup:g}" if args.cleanup > 0 else "") + ".json")
+    cache_file = cache_dir / (stem + ("-atlas" if args.atlas_support else "")
+                              + (f"-cleanup{args.cleanup:g}" if args.cleanup > 0 else "") + ".json")
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     out = {"model": args.model or "shipped", "sets": {}}
     variability = HELDOUT
@@ -162,7 +170,8 @@ def main(argv=None) -> dict:
             if key not in cache:
                 subject, disp = make_wide_subject(base, SEEDS[source], i, variability, return_field=True)
                 cache[key] = score_subject(model, base, subject, displacement_stats(disp, (1.0, 1.0, 1.0), mask),
-                                           args.precision, cache_dir / f"{stem}-{key}.npz", args.cleanup)
+                                           args.precision, cache_dir / f"{stem}-{key}.npz", args.cleanup,
+                                           args.atlas_support)
                 tmp = cache_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(cache, indent=1))
                 tmp.replace(cache_file)

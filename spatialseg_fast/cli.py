@@ -496,7 +496,8 @@ def _cmd_segment(args) -> int:
                 print(f"[{i}/{len(inputs)}] {stem}:", file=sys.stderr, flush=True)
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
-                                  progress=not args.quiet, skull_strip=args.skull_strip, cleanup=args.cleanup)
+                                  progress=not args.quiet, skull_strip=args.skull_strip, cleanup=args.cleanup,
+                                  atlas_support=not args.no_atlas_support)
             if args.qc:
                 picture = qc_file or Path(args.qc) / f"{stem}_qc.png"
                 img = to_ras(load_volume(path))
@@ -679,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--cleanup", type=_keep_fraction, default=DEFAULT_KEEP_FRACTION, metavar="F",
                     help="island cleanup: a structure's pieces smaller than F times its largest take the nearest "
                          f"kept label (default {DEFAULT_KEEP_FRACTION:g}, chosen on validation subjects; 0: off)")
+    sg.add_argument("--no-atlas-support", action="store_true",
+                    help="keep structures found where the model's atlas never saw them (default: they take the "
+                         "nearest label the atlas allows there)")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
     sg.add_argument("--qc", metavar="PNG|DIR",

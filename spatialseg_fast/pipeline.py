@@ -5,8 +5,9 @@ load (3D, or 4D with one volume) -> affine registration to the model's template 
 orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
 input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
-voxel), header kept; before that, the island cleanup (cleanup.py: each structure keeps its large
-pieces, strays take the nearest kept label; ``cleanup=0`` turns it off) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
+voxel), header kept; before that, the cleanup (cleanup.py: a structure where the model's atlas
+never saw it takes the nearest allowed label, ``atlas_support=False`` turns it off; then each
+structure keeps its large pieces and strays take the nearest kept label, ``cleanup=0`` turns it off) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
 structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
 filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
 a registration whose final similarity is below registration.LOW_SIMILARITY is warned about always.
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from .brainmask import default_brain_mask
-from .cleanup import DEFAULT_KEEP_FRACTION, remove_islands
+from .cleanup import DEFAULT_KEEP_FRACTION, remove_islands, remove_outside_atlas
 from .inference import segment
 from .model.network import SpatialSegNet
 from .registration import LOW_SIMILARITY, register as register_to_template, to_subject, to_template
@@ -71,12 +72,15 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
                    precision: str = "auto", threads=None, probabilities=None, progress: bool = False,
-                   skull_strip: str = "auto", cleanup: float = DEFAULT_KEEP_FRACTION) -> SegmentationResult:
+                   skull_strip: str = "auto", cleanup: float = DEFAULT_KEEP_FRACTION,
+                   atlas_support: bool = True) -> SegmentationResult:
     """Segment a T1 `image` (a Volume on any grid) with `model`; see the module doc.
 
-    cleanup: the keep fraction of cleanup.remove_islands applied to the labels on the template
-    grid (default DEFAULT_KEEP_FRACTION, chosen on validation subjects; 0: the engine's labels as
-    they are).
+    atlas_support: on the template grid, give a structure found where the model's atlas gives it
+    probability 0 the nearest allowed label (cleanup.remove_outside_atlas; models with an atlas).
+    cleanup: then the keep fraction of cleanup.remove_islands (default DEFAULT_KEEP_FRACTION).
+    Both were chosen on validation subjects; atlas_support=False and cleanup=0 give the engine's
+    labels as they are.
 
     skull_strip: "auto" (default) strips the image when it looks like a whole head
     (skullstrip.head_or_brain) and refuses, with a one-line error saying how to install the
@@ -131,8 +135,13 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
                   return_probabilities=wanted, progress=progress)
     labels_t, probs_t = out if wanted else (out, None)
     stage.done("segment")
-    if cleanup > 0:
-        labels_t = remove_islands(np.asarray(labels_t), keep_fraction=cleanup, spacing=spacing)
+    atlas = getattr(model, "atlas", None) if atlas_support else None
+    if atlas is not None or cleanup > 0:
+        labels_t = np.asarray(labels_t)
+        if atlas is not None:
+            labels_t = remove_outside_atlas(labels_t, atlas, model.config.output_values(), spacing=spacing)
+        if cleanup > 0:
+            labels_t = remove_islands(labels_t, keep_fraction=cleanup, spacing=spacing)
         stage.done("cleanup")
     # labels back by a trilinear-weighted vote of the 8 template voxels around each input voxel: on a
     # rotated or finer grid it keeps thin structures that nearest neighbour frays (bench_registration.py)

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from spatialseg_fast.cleanup import remove_islands
@@ -95,3 +96,39 @@ def test_bad_input(bad, match):
 def test_bad_fraction():
     with pytest.raises(ValueError, match="keep_fraction"):
         remove_islands(np.zeros((3, 3, 3), dtype=np.uint8), keep_fraction=1.5)
+
+
+def _atlas_of(label_maps, values):
+    from spatialseg_fast.datasets.atlas import build_atlas
+
+    return build_atlas(label_maps, values)
+
+
+def test_structures_where_the_atlas_never_saw_them_take_the_nearest_allowed_label():
+    from spatialseg_fast.cleanup import outside_atlas, remove_outside_atlas
+
+    values = (0, 3, 5, 9)
+    truth = _two_structures()
+    atlas = _atlas_of([truth], values)
+    pred = truth.copy()
+    pred[4:6, 16:18, 8:10] = 3  # 3 inside 5's territory: the atlas gives 3 probability 0 there
+    pred[12, 5, 5] = 9  # a label the atlas has nowhere
+    bad = outside_atlas(pred, atlas, values)
+    assert bad.sum() == 8 + 1 and bad[4:6, 16:18, 8:10].all() and bad[12, 5, 5]
+    out = remove_outside_atlas(pred, atlas, values)
+    np.testing.assert_array_equal(out, truth)
+    # a dense [L, D, H, W] atlas gives the same answer
+    dense = atlas.to_dense(torch.float32)
+    np.testing.assert_array_equal(outside_atlas(pred, dense, values), bad)
+    # background is always allowed, and a label the atlas allows stays where it is
+    pred2 = truth.copy()
+    pred2[8, 8, 8] = 0
+    np.testing.assert_array_equal(remove_outside_atlas(pred2, atlas, values), pred2)
+
+
+def test_atlas_on_another_grid_is_refused():
+    from spatialseg_fast.cleanup import remove_outside_atlas
+
+    atlas = _atlas_of([_two_structures()], (0, 3, 5))
+    with pytest.raises(ValueError, match="grid"):
+        remove_outside_atlas(np.zeros((5, 5, 5), dtype=np.uint8), atlas, (0, 3, 5))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from spatialseg_fast import build_model, save_model, segment
-from spatialseg_fast.cleanup import remove_islands
+from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
 from spatialseg_fast.cli import main
 from spatialseg_fast.datasets.atlas import build_atlas
 from spatialseg_fast.model import load_model
@@ -166,19 +166,20 @@ def test_segmenting_a_moved_header_equals_segmenting_in_place(toy_model_path, ca
 
 def test_island_cleanup_runs_on_the_template_grid_and_can_be_turned_off(tmp_path, capsys):
     """On the template grid (no registration, identity resampling) the pipeline's labels are the
-    engine's labels with remove_islands applied; cleanup=0 gives the engine's labels. The toy
+    engine's labels with remove_outside_atlas and remove_islands applied; cleanup=0 and
+    atlas_support=False give the engine's labels. The toy
     model's atlas has a stray 27-voxel piece of the blob (7) in the shell, which the untrained
     model copies."""
     image, labels = phantom()
     labels = labels.copy()
     labels[6:9, 16:19, 12:15] = 7
     model = load_model(save_toy_model(tmp_path / "island.safetensors", labels, VALUES))
-    raw = segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=0)
+    raw = segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=0, atlas_support=False)
     engine = np.asarray(segment(image, model, mask=image > 0, precision="fp32"))
     np.testing.assert_array_equal(np.asarray(raw.labels.data), engine)
     assert (engine[6:9, 16:19, 12:15] == 7).all()
     clean = segment_volume(Volume(image, grid_affine()), model, register=False, progress=True)  # the default
-    expected = remove_islands(engine)
+    expected = remove_islands(remove_outside_atlas(engine, model.atlas, VALUES))
     assert (expected[6:9, 16:19, 12:15] != 7).all()
     np.testing.assert_array_equal(np.asarray(clean.labels.data), expected)
     assert "cleanup:" in capsys.readouterr().err
