@@ -100,10 +100,12 @@ def main() -> None:
         brain = subject.image != 0
         truth = np.where(brain, subject.labels, 0)  # the unwarped template's labels can reach past its image
         inplace = None
-        if args.segment:
-            from spatialseg_fast import segment
+        if args.segment:  # in place through the same pipeline (its default cleanup included), no registration
+            from spatialseg_fast.pipeline import segment_volume
 
-            inplace = np.asarray(segment(subject.image, model, precision=args.precision))
+            inplace = np.asarray(segment_volume(Volume(np.where(brain, subject.image, 0).astype(np.float32), affine),
+                                                model, register=False, precision=args.precision,
+                                                skull_strip="no").labels.data)
         for name, motion in motions().items():
             if name not in args.motions:
                 continue
@@ -124,8 +126,6 @@ def main() -> None:
                 row[f"perfect_model_dice_{'nn' if rule == 'label' else 'vote'}"] = mean_dice(
                     np.where(brain, back, 0), truth, values)
             if inplace is not None:
-                from spatialseg_fast.pipeline import segment_volume
-
                 result = segment_volume(moved, model, precision=args.precision, skull_strip="no")
                 row["model_inplace_dice"] = mean_dice(inplace, truth, values)
                 row["model_registered_dice"] = mean_dice(np.asarray(result.labels.data), truth, values)
