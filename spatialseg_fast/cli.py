@@ -677,12 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--mask", help="brain mask on the input's grid (single input; default: the stripped brain, or the "
                     "non-zero voxels with enclosed holes filled)")
     sg.add_argument("--no-register", action="store_true", help="inputs are already in the model's template space")
-    sg.add_argument("--cleanup", type=_keep_fraction, default=DEFAULT_KEEP_FRACTION, metavar="F",
-                    help="island cleanup: a structure's pieces smaller than F times its largest take the nearest "
-                         f"kept label (default {DEFAULT_KEEP_FRACTION:g}, chosen on validation subjects; 0: off)")
+    sg.add_argument("--cleanup", type=_keep_fraction, default=None, metavar="F",
+                    help="islands rule: a structure's pieces smaller than F times its largest take the nearest kept "
+                         f"label (default: {DEFAULT_KEEP_FRACTION:g} for a model without an atlas or with "
+                         "--no-atlas-support, else off; 0: off)")
     sg.add_argument("--no-atlas-support", action="store_true",
-                    help="keep structures found where the model's atlas never saw them (default: they take the "
-                         "nearest label the atlas allows there)")
+                    help="keep structures found where the model's atlas gives them probability 0 (default: they "
+                         "take an allowed label). With --cleanup 0: the engine's labels as they are")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
     sg.add_argument("--qc", metavar="PNG|DIR",

@@ -6,6 +6,8 @@ The card is read from the file's metadata: the training record that every checkp
 """
 from __future__ import annotations
 
+from pathlib import PurePath
+
 
 def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
@@ -49,7 +51,7 @@ def card(path) -> dict:
             if extra.get("averaged_from"):
                 out["validation"] = "the run's best single epoch: " + out["validation"]
     if extra.get("averaged_from"):
-        names = [str(p).rsplit("/", 1)[-1] for p in extra["averaged_from"]]
+        names = [PurePath(str(p)).name for p in extra["averaged_from"]]
         out["averaged"] = f"the mean of the weights of {len(names)} checkpoints ({', '.join(names)})"
     if extra.get("init"):
         out["start"] = f"from the weights of {extra['init']}"

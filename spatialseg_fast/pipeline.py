@@ -5,9 +5,10 @@ load (3D, or 4D with one volume) -> affine registration to the model's template 
 orientation) -> trilinear resampling onto the model's template grid -> brain mask (the non-zero
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
 input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
-voxel), header kept; before that, the cleanup (cleanup.py: a structure where the model's atlas
-never saw it takes the nearest allowed label, ``atlas_support=False`` turns it off; then each
-structure keeps its large pieces and strays take the nearest kept label, ``cleanup=0`` turns it off) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
+voxel), header kept; before that, the cleanup on the template grid (cleanup.py): for a model with
+an atlas, a structure where the atlas gives it probability 0 takes an allowed label
+(``atlas_support=False`` turns it off); for one without (or with that off), each structure keeps its
+large pieces and strays take the nearest kept label (``cleanup``) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
 structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
 filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
 a registration whose final similarity is below registration.LOW_SIMILARITY is warned about always.
@@ -72,25 +73,22 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
                    precision: str = "auto", threads=None, probabilities=None, progress: bool = False,
-                   skull_strip: str = "auto", cleanup: float = DEFAULT_KEEP_FRACTION,
+                   skull_strip: str = "auto", cleanup: float | None = None,
                    atlas_support: bool = True) -> SegmentationResult:
     """Segment a T1 `image` (a Volume on any grid) with `model`; see the module doc.
 
-    atlas_support: on the template grid, give a structure found where the model's atlas gives it
-    probability 0 the nearest allowed label (cleanup.remove_outside_atlas; models with an atlas).
-    cleanup: then the keep fraction of cleanup.remove_islands (default DEFAULT_KEEP_FRACTION).
-    Both were chosen on validation subjects; atlas_support=False and cleanup=0 give the engine's
-    labels as they are.
-
-    skull_strip: "auto" (default) strips the image when it looks like a whole head
-    (skullstrip.head_or_brain) and refuses, with a one-line error saying how to install the
-    [strip] extra, when deepbet is missing; "yes" always strips; "no" takes the image as a brain.
-    A `mask` given by the caller is used as it is (no stripping)."""
+    atlas_support: on the template grid, a structure found where the model's atlas gives it
+    probability 0 takes an allowed label (cleanup.remove_outside_atlas; models with an atlas).
+    cleanup: the keep fraction of cleanup.remove_islands applied after it; None (default): 0.3
+    (DEFAULT_KEEP_FRACTION) when the atlas rule did not run, else none. Chosen on validation
+    subjects (bench/cleanup_choice.py): the atlas rule alone scored best, the islands rule best
+    without it. atlas_support=False with cleanup=0 gives the engine's labels as they are.
+    Probability maps are not cleaned."""
     from .skullstrip import MODES
 
     if skull_strip not in MODES:
         raise ValueError(f"skull_strip must be one of {', '.join(MODES)}; got {skull_strip!r}")
-    if not 0 <= cleanup <= 1:
+    if cleanup is not None and not 0 <= cleanup <= 1:
         raise ValueError(f"cleanup must be a keep fraction in [0, 1] (0: off); got {cleanup}")
     t0 = time.perf_counter()
     stage = _Stages(progress)
@@ -136,6 +134,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
     labels_t, probs_t = out if wanted else (out, None)
     stage.done("segment")
     atlas = getattr(model, "atlas", None) if atlas_support else None
+    if cleanup is None:
+        cleanup = 0.0 if atlas is not None else DEFAULT_KEEP_FRACTION
     if atlas is not None or cleanup > 0:
         labels_t = np.asarray(labels_t)
         if atlas is not None:

@@ -132,3 +132,23 @@ def test_atlas_on_another_grid_is_refused():
     atlas = _atlas_of([_two_structures()], (0, 3, 5))
     with pytest.raises(ValueError, match="grid"):
         remove_outside_atlas(np.zeros((5, 5, 5), dtype=np.uint8), atlas, (0, 3, 5))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_after_the_atlas_rule_every_voxel_has_a_label_the_atlas_allows(dense):
+    """A wide spill of 5 into 3's territory: the nearest voxel keeping its label can be a 5 that the
+    atlas does not allow at the spilled voxel, or background outside the structures; neither may
+    be the answer there."""
+    from spatialseg_fast.cleanup import outside_atlas, remove_outside_atlas
+
+    values = (0, 3, 5)
+    truth = _two_structures()
+    atlas = _atlas_of([truth], values)
+    if dense:
+        atlas = atlas.to_dense(torch.bfloat16)  # any dtype the engine accepts
+    pred = truth.copy()
+    pred[2:18, 9:12, 2:20] = 5
+    assert outside_atlas(pred, atlas, values).sum() == 16 * 3 * 18
+    out = remove_outside_atlas(pred, atlas, values)
+    assert not outside_atlas(out, atlas, values).any()
+    np.testing.assert_array_equal(out, truth)  # here the only label allowed in the spill is 3

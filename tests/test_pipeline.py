@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from spatialseg_fast import build_model, save_model, segment
-from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
+from spatialseg_fast.cleanup import outside_atlas, remove_islands, remove_outside_atlas
 from spatialseg_fast.cli import main
 from spatialseg_fast.datasets.atlas import build_atlas
 from spatialseg_fast.model import load_model
@@ -164,27 +164,68 @@ def test_segmenting_a_moved_header_equals_segmenting_in_place(toy_model_path, ca
     assert f"(similarity {moved.registration_similarity:.3f})" in err and "register:" in err
 
 
-def test_island_cleanup_runs_on_the_template_grid_and_can_be_turned_off(tmp_path, capsys):
-    """On the template grid (no registration, identity resampling) the pipeline's labels are the
-    engine's labels with remove_outside_atlas and remove_islands applied; cleanup=0 and
-    atlas_support=False give the engine's labels. The toy
-    model's atlas has a stray 27-voxel piece of the blob (7) in the shell, which the untrained
-    model copies."""
+def _crafted_engine(monkeypatch, model):
+    """Make the pipeline's engine return the toy model's labels plus a stray piece of the blob (7)
+    in the shell, where the atlas gives 7 probability 0, and a stray core (2) voxel that the atlas
+    allows there (the core's own territory is a piece apart)."""
+    import spatialseg_fast.pipeline as pipeline
+
     image, labels = phantom()
-    labels = labels.copy()
-    labels[6:9, 16:19, 12:15] = 7
-    model = load_model(save_toy_model(tmp_path / "island.safetensors", labels, VALUES))
-    raw = segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=0, atlas_support=False)
     engine = np.asarray(segment(image, model, mask=image > 0, precision="fp32"))
-    np.testing.assert_array_equal(np.asarray(raw.labels.data), engine)
-    assert (engine[6:9, 16:19, 12:15] == 7).all()
-    clean = segment_volume(Volume(image, grid_affine()), model, register=False, progress=True)  # the default
-    expected = remove_islands(remove_outside_atlas(engine, model.atlas, VALUES))
-    assert (expected[6:9, 16:19, 12:15] != 7).all()
-    np.testing.assert_array_equal(np.asarray(clean.labels.data), expected)
+    crafted = engine.copy()
+    crafted[4:6, 16:18, 12:14] = 7
+    assert (crafted == 7).sum() > 8
+    monkeypatch.setattr(pipeline, "segment", lambda *a, **k: crafted)
+    return image, crafted
+
+
+def test_cleanup_runs_on_the_template_grid_each_rule_on_its_own(toy_model_path, monkeypatch, capsys):
+    """On the template grid (no registration, identity resampling) the pipeline's labels are the
+    engine's with the atlas rule (a model with an atlas, by default), or the islands rule
+    (atlas_support=False, by default 0.3), or both, or neither."""
+    model = load_model(toy_model_path)
+    image, crafted = _crafted_engine(monkeypatch, model)
+    assert outside_atlas(crafted, model.atlas, VALUES).sum() == 8
+    run = lambda **k: np.asarray(segment_volume(Volume(image, grid_affine()), model, register=False, **k).labels.data)  # noqa: E731
+    np.testing.assert_array_equal(run(cleanup=0, atlas_support=False), crafted)
+    default = run(progress=True)
     assert "cleanup:" in capsys.readouterr().err
+    np.testing.assert_array_equal(default, remove_outside_atlas(crafted, model.atlas, VALUES))
+    assert not outside_atlas(default, model.atlas, VALUES).any() and not np.array_equal(default, crafted)
+    islands = run(atlas_support=False)
+    np.testing.assert_array_equal(islands, remove_islands(crafted, keep_fraction=0.3))
+    assert not np.array_equal(islands, crafted)
+    np.testing.assert_array_equal(run(cleanup=1.0), remove_islands(remove_outside_atlas(crafted, model.atlas, VALUES),
+                                                                   keep_fraction=1.0))
     with pytest.raises(ValueError, match="cleanup"):
-        segment_volume(Volume(image, grid_affine()), model, register=False, cleanup=-0.5)
+        run(cleanup=-0.5)
+
+
+def test_cleanup_flags_reach_the_pipeline_from_the_command_line(tmp_path, toy_model_path, monkeypatch, capsys):
+    import spatialseg_fast.pipeline as pipeline
+
+    seen = []
+    real = pipeline.segment_volume
+    monkeypatch.setattr(pipeline, "segment_volume", lambda *a, **k: seen.append((k["cleanup"], k["atlas_support"])) or real(*a, **k))
+    image, _ = phantom()
+    src = write(tmp_path / "s.nii.gz", image, grid_affine())
+    for extra, expected in (((), (None, True)), (("--cleanup", "0", "--no-atlas-support"), (0.0, False)),
+                            (("--cleanup", "0.5"), (0.5, True))):
+        assert run_segment(tmp_path, toy_model_path, src, extra=extra) == 0
+        assert seen[-1] == expected
+    import spatialseg_fast.batch as batch
+
+    def capture(*a, **k):  # the cohort path (Dask workers): what it would send each worker
+        seen.append((k["cleanup"], k["atlas_support"]))
+        raise ValueError("captured")
+
+    monkeypatch.setattr(batch, "segment_many", capture)
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--cleanup", "0.2", "--no-atlas-support")) != 0
+    assert seen[-1] == (0.2, False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_segment(tmp_path, toy_model_path, src, extra=("--cleanup", "2"))
+    assert exc.value.code == 2 and "keep fraction" in capsys.readouterr().err
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -292,5 +292,10 @@ def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
         average_checkpoints([other, paths[0]], tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="at least two"):
         average_checkpoints(paths[:1], tmp_path / "bad.safetensors")
+    other_atlas = build_atlas([toy_pair(1)[1]], VALUES)
+    stray = save_model(build_model("basenet+dist+prob", len(VALUES), seed=5, label_values=VALUES),
+                       tmp_path / "stray.safetensors", atlas=other_atlas)
+    with pytest.raises(ValueError, match="another atlas"):
+        average_checkpoints([stray, paths[0]], tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="one of the inputs"):
         average_checkpoints(paths, paths[0])

@@ -147,16 +147,15 @@ class _HalfDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         n = x.numel()
-        bits = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), dtype=torch.int32, device=x.device).view(torch.uint8)
-        mask = (bits[:, None] >> _HalfDropout._SHIFTS.to(x.device)).bitwise_and_(1).view(-1)[:n]
-        mask = mask.view_as(x).to(x.dtype).mul_(2)
-        ctx.save_for_backward(mask)
-        return x * mask
+        bits = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), dtype=torch.int32).view(torch.uint8)
+        keep = (bits[:, None] >> _HalfDropout._SHIFTS).bitwise_and_(1).view(-1)[:n].view(x.shape)
+        ctx.save_for_backward(keep)  # one byte per element, like torch's own mask
+        return x * keep.to(x.dtype).mul_(2)
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).mul_(2)
 
 
 class SpatialSegNet(nn.Module):
@@ -218,8 +217,8 @@ class SpatialSegNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in aux)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        """self.drop, with the bit-mask form for the paper's p = 0.5 (same distribution, faster)."""
-        if self.training and self.drop.p == 0.5:
+        """self.drop, with the bit-mask form for the paper's p = 0.5 on the CPU (same distribution, faster)."""
+        if self.training and self.drop.p == 0.5 and x.device.type == "cpu":  # CUDA's dropout is fused already
             return _HalfDropout.apply(x)
         return self.drop(x)
 

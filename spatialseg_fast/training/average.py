@@ -17,9 +17,17 @@ import torch
 from ..model.io import load_model, save_model
 
 
+def _same_atlas(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if hasattr(a, "index") and hasattr(b, "index") and not isinstance(a, torch.Tensor):
+        return torch.equal(a.index, b.index) and torch.equal(a.prob, b.prob)
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+
+
 def average_checkpoints(paths, out) -> Path:
     """Write to `out` a model whose every parameter is the mean of that parameter over the model
-    files `paths` (same configuration; at least two). The atlas, registration template and
+    files `paths` (same configuration and atlas: checkpoints of one run; at least two), in float32. The atlas, registration template and
     metadata (its training record included) are those of the last file, with the sources listed
     under metadata["averaged_from"]; optimizer moments are not carried over (the result is a model
     to use or ship, not a checkpoint to resume). Returns the path written."""
@@ -34,6 +42,8 @@ def average_checkpoints(paths, out) -> Path:
         m = load_model(p)
         if m.config != last.config:
             raise ValueError(f"{p} holds a model with another configuration than {paths[-1]}: cannot average them")
+        if not _same_atlas(m.atlas, last.atlas):
+            raise ValueError(f"{p} carries another atlas than {paths[-1]}: average checkpoints of one run only")
         for k, v in m.state_dict().items():
             total[k] += v.double()
     last.load_state_dict({k: (v / len(paths)).to(torch.float32) for k, v in total.items()})
