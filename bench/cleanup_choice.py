@@ -18,21 +18,11 @@ import numpy as np
 from spatialseg_fast import segment
 from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
 from spatialseg_fast.datasets import load_source
-from spatialseg_fast.metrics import evaluate
 from spatialseg_fast.model import load_default_model, load_model
 from spatialseg_fast.training.recipe import WIDE_SEEDS
 from spatialseg_fast.training.stream import wide_cohort
 
-from heldout_warped import METRICS, _file_key
-
-
-def _means(pred, truth, values) -> dict:
-    table = evaluate(pred, truth, spacing=(1.0, 1.0, 1.0), labels=values, metrics=METRICS)
-    out = {}
-    for m in METRICS:
-        x = table.column(m)
-        out[m] = float(np.nanmean(np.where(np.isfinite(x), x, np.nan)))
-    return out
+from heldout_warped import METRICS, _file_key, _means
 
 
 def main(argv=None):
