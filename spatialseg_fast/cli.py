@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from spatialseg_fast._tables import csv_text as _csv_text, volume_rows as _volume_rows
-from spatialseg_fast.cleanup import DEFAULT_KEEP_FRACTION
+from spatialseg_fast.cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION
 
 
 def _keep_fraction(text: str) -> float:
@@ -27,6 +27,17 @@ def _keep_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a keep fraction in [0, 1] (0: off); got {text!r}") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a keep fraction in [0, 1] (0: off); got {text}")
+    return value
+
+
+def _atlas_probability(text: str) -> float:
+    """argparse type of --atlas-min-prob: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an atlas probability in [0, 1); got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected an atlas probability in [0, 1); got {text}")
     return value
 
 
@@ -497,7 +508,7 @@ def _cmd_segment(args) -> int:
             result = segment_file(path, model, mask_path=args.mask, register=not args.no_register, device=args.device,
                                   precision=args.precision, threads=args.threads, probabilities=probabilities,
                                   progress=not args.quiet, skull_strip=args.skull_strip, cleanup=args.cleanup,
-                                  atlas_support=not args.no_atlas_support)
+                                  atlas_support=not args.no_atlas_support, atlas_min_prob=args.atlas_min_prob)
             if args.qc:
                 picture = qc_file or Path(args.qc) / f"{stem}_qc.png"
                 img = to_ras(load_volume(path))
@@ -682,8 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
                          f"label (default: {DEFAULT_KEEP_FRACTION:g} for a model without an atlas or with "
                          "--no-atlas-support, else off; 0: off)")
     sg.add_argument("--no-atlas-support", action="store_true",
-                    help="keep structures found where the model's atlas gives them probability 0 (default: they "
+                    help="keep structures found where the model's atlas gives them a low probability (default: they "
                          "take an allowed label). With --cleanup 0: the engine's labels as they are")
+    sg.add_argument("--atlas-min-prob", type=_atlas_probability, default=DEFAULT_ATLAS_MIN_PROB, metavar="P",
+                    help="the atlas rule's threshold: a structure where the model's atlas gives it probability <= P "
+                         f"takes an allowed label (default {DEFAULT_ATLAS_MIN_PROB:g}, chosen on validation "
+                         "subjects; 0: only where the atlas never has it)")
     sg.add_argument("--probabilities", metavar="LABELS", help="comma-separated labels: write their float16 probability maps")
     sg.add_argument("--volumes", metavar="CSV", help="write mm^3 per structure (with names) for every subject to CSV")
     sg.add_argument("--qc", metavar="PNG|DIR",

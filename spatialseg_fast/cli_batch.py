@@ -128,7 +128,7 @@ def run_cohort(args) -> int:
     print(f"spatialseg segment: {len(inputs)} subjects{part} on {where}", flush=True)
     options = dict(register=not args.no_register, device=args.device, precision=args.precision,
                    skull_strip=args.skull_strip, save_mask=args.save_mask, cleanup=args.cleanup,
-                   atlas_support=not args.no_atlas_support,
+                   atlas_support=not args.no_atlas_support, atlas_min_prob=args.atlas_min_prob,
                    probabilities=probabilities, progress=not args.quiet and not args.workers and not args.scheduler)
     if args.mask:
         options["mask_path"] = args.mask

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .brainmask import default_brain_mask
-from .cleanup import DEFAULT_KEEP_FRACTION, remove_islands, remove_outside_atlas
+from .cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION, remove_islands, remove_outside_atlas
 from .inference import segment
 from .model.network import SpatialSegNet
 from .registration import LOW_SIMILARITY, register as register_to_template, to_subject, to_template
@@ -74,11 +74,12 @@ def check_mask(mask: Volume, image: Volume, where: str = "mask") -> np.ndarray:
 def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: bool = True, device="auto",
                    precision: str = "auto", threads=None, probabilities=None, progress: bool = False,
                    skull_strip: str = "auto", cleanup: float | None = None,
-                   atlas_support: bool = True) -> SegmentationResult:
+                   atlas_support: bool = True, atlas_min_prob: float = DEFAULT_ATLAS_MIN_PROB) -> SegmentationResult:
     """Segment a T1 `image` (a Volume on any grid) with `model`; see the module doc.
 
     atlas_support: on the template grid, a structure found where the model's atlas gives it
-    probability 0 takes an allowed label (cleanup.remove_outside_atlas; models with an atlas).
+    probability <= atlas_min_prob (default DEFAULT_ATLAS_MIN_PROB) takes an allowed label
+    (cleanup.remove_outside_atlas; models with an atlas).
     cleanup: the keep fraction of cleanup.remove_islands applied after it; None (default): 0.3
     (DEFAULT_KEEP_FRACTION) when the atlas rule did not run, else none. Chosen on validation
     subjects (bench/cleanup_choice.py): the atlas rule alone scored best, the islands rule best
@@ -90,6 +91,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
         raise ValueError(f"skull_strip must be one of {', '.join(MODES)}; got {skull_strip!r}")
     if cleanup is not None and not 0 <= cleanup <= 1:
         raise ValueError(f"cleanup must be a keep fraction in [0, 1] (0: off); got {cleanup}")
+    if not 0 <= atlas_min_prob < 1:
+        raise ValueError(f"atlas_min_prob must be an atlas probability in [0, 1); got {atlas_min_prob}")
     t0 = time.perf_counter()
     stage = _Stages(progress)
     shape, affine = template_grid_of(model)
@@ -139,7 +142,8 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
     if atlas is not None or cleanup > 0:
         labels_t = np.asarray(labels_t)
         if atlas is not None:
-            labels_t = remove_outside_atlas(labels_t, atlas, model.config.output_values(), spacing=spacing)
+            labels_t = remove_outside_atlas(labels_t, atlas, model.config.output_values(), min_prob=atlas_min_prob,
+                                            spacing=spacing)
         if cleanup > 0:
             labels_t = remove_islands(labels_t, keep_fraction=cleanup, spacing=spacing)
         stage.done("cleanup")

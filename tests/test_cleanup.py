@@ -126,6 +126,38 @@ def test_structures_where_the_atlas_never_saw_them_take_the_nearest_allowed_labe
     np.testing.assert_array_equal(remove_outside_atlas(pred2, atlas, values), pred2)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_min_prob_sets_where_a_structure_counts_as_outside_the_atlas(dense):
+    """Four maps where 3 reaches 4 voxels deeper into 5's territory in one of them: the atlas gives
+    3 probability 1/4 in that band. A prediction of 3 there stays at min_prob 0 and 0.2 and takes
+    5 (the nearest allowed label) at 0.25 and above: "outside" means probability <= min_prob."""
+    from spatialseg_fast.cleanup import DEFAULT_ATLAS_MIN_PROB, outside_atlas, remove_outside_atlas
+
+    values = (0, 3, 5)
+    truth = _two_structures()
+    wide = truth.copy()
+    wide[2:18, 12:16, 2:20] = 3
+    atlas = _atlas_of([truth, truth, truth, wide], values)
+    if dense:
+        atlas = atlas.to_dense(torch.float32)
+    pred = truth.copy()
+    pred[6:10, 12:16, 6:10] = 3  # 64 voxels in the band
+    for p in (0.0, 0.2):
+        assert not outside_atlas(pred, atlas, values, min_prob=p).any()
+        np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values, min_prob=p), pred)
+    for p in (0.25, 0.6):
+        assert outside_atlas(pred, atlas, values, min_prob=p).sum() == 64
+        np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values, min_prob=p), truth)
+    # the defaults of both functions are the threshold the pipeline uses
+    np.testing.assert_array_equal(outside_atlas(pred, atlas, values),
+                                  outside_atlas(pred, atlas, values, min_prob=DEFAULT_ATLAS_MIN_PROB))
+    np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values),
+                                  remove_outside_atlas(pred, atlas, values, min_prob=DEFAULT_ATLAS_MIN_PROB))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="min_prob"):
+            remove_outside_atlas(pred, atlas, values, min_prob=bad)
+
+
 def test_atlas_on_another_grid_is_refused():
     from spatialseg_fast.cleanup import remove_outside_atlas
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from spatialseg_fast import build_model, save_model, segment
-from spatialseg_fast.cleanup import outside_atlas, remove_islands, remove_outside_atlas
+from spatialseg_fast.cleanup import DEFAULT_ATLAS_MIN_PROB, outside_atlas, remove_islands, remove_outside_atlas
 from spatialseg_fast.cli import main
 from spatialseg_fast.datasets.atlas import build_atlas
 from spatialseg_fast.model import load_model
@@ -199,6 +199,15 @@ def test_cleanup_runs_on_the_template_grid_each_rule_on_its_own(toy_model_path, 
                                                                    keep_fraction=1.0))
     with pytest.raises(ValueError, match="cleanup"):
         run(cleanup=-0.5)
+    with pytest.raises(ValueError, match="atlas_min_prob"):
+        run(atlas_min_prob=1.0)
+    import spatialseg_fast.pipeline as pipeline
+
+    thresholds, rule = [], pipeline.remove_outside_atlas
+    monkeypatch.setattr(pipeline, "remove_outside_atlas", lambda *a, **k: thresholds.append(k["min_prob"]) or rule(*a, **k))
+    run()
+    run(atlas_min_prob=0.5)
+    assert thresholds == [DEFAULT_ATLAS_MIN_PROB, 0.5]
 
 
 def test_cleanup_flags_reach_the_pipeline_from_the_command_line(tmp_path, toy_model_path, monkeypatch, capsys):
@@ -206,26 +215,30 @@ def test_cleanup_flags_reach_the_pipeline_from_the_command_line(tmp_path, toy_mo
 
     seen = []
     real = pipeline.segment_volume
-    monkeypatch.setattr(pipeline, "segment_volume", lambda *a, **k: seen.append((k["cleanup"], k["atlas_support"])) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "segment_volume", lambda *a, **k: seen.append((k["cleanup"], k["atlas_support"], k["atlas_min_prob"])) or real(*a, **k))
     image, _ = phantom()
     src = write(tmp_path / "s.nii.gz", image, grid_affine())
-    for extra, expected in (((), (None, True)), (("--cleanup", "0", "--no-atlas-support"), (0.0, False)),
-                            (("--cleanup", "0.5"), (0.5, True))):
+    for extra, expected in (((), (None, True, DEFAULT_ATLAS_MIN_PROB)), (("--cleanup", "0", "--no-atlas-support"), (0.0, False, DEFAULT_ATLAS_MIN_PROB)),
+                            (("--cleanup", "0.5", "--atlas-min-prob", "0.1"), (0.5, True, 0.1))):
         assert run_segment(tmp_path, toy_model_path, src, extra=extra) == 0
         assert seen[-1] == expected
     import spatialseg_fast.batch as batch
 
     def capture(*a, **k):  # the cohort path (Dask workers): what it would send each worker
-        seen.append((k["cleanup"], k["atlas_support"]))
+        seen.append((k["cleanup"], k["atlas_support"], k["atlas_min_prob"]))
         raise ValueError("captured")
 
     monkeypatch.setattr(batch, "segment_many", capture)
-    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--cleanup", "0.2", "--no-atlas-support")) != 0
-    assert seen[-1] == (0.2, False)
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--cleanup", "0.2", "--no-atlas-support",
+                                                                   "--atlas-min-prob", "0")) != 0
+    assert seen[-1] == (0.2, False, 0.0)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_segment(tmp_path, toy_model_path, src, extra=("--cleanup", "2"))
     assert exc.value.code == 2 and "keep fraction" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_segment(tmp_path, toy_model_path, src, extra=("--atlas-min-prob", "1"))
+    assert exc.value.code == 2 and "atlas probability" in capsys.readouterr().err
 
 
 # -- the command line -------------------------------------------------------------------------
