@@ -1,16 +1,22 @@
 """An ablation like the paper's Table 1: every preset trained with the same budget, then tested.
 
     python bench/ablation.py OUT_DIR [--presets ...] [--epochs 6] [--steps-per-epoch 30] [--test 5]
-                             [--precision bf16] [--lr 0.02] [--threads N]
+                             [--precision bf16] [--lr 0.02] [--threads N] [--recipe paper|wide]
 
-For each preset (basenet, basenet+dist, basenet+prob, basenet+dist+prob, full): the shipped
-model's recipe (``spatialseg train``: dense mode on the CAT12 pseudo-subject cohort) with the
-given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments the first
---test test pseudo-subjects and the table prints Dice / Hausdorff / MSD (mean +- sd over test
+For each preset (basenet, basenet+dist, basenet+prob, basenet+dist+prob, full): trained from
+scratch with the given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments
+the first --test test pseudo-subjects and the table prints Dice / Hausdorff / MSD (mean +- sd over test
 subjects of the per-subject mean over the 134 structures) and the parameter count, so one can
 see whether DistBranch cuts the Hausdorff distance as the paper reports. When a preset with a
 ProbBranch is among them, a last row gives the atlas-only baseline (each voxel gets the training
 atlas's most frequent class), the floor that those presets start from.
+
+--recipe paper (default): the paper-split recipe (``spatialseg train``: dense mode on the 10
+training pseudo-subjects, SGD, whole slabs), tested on the paper split's test subjects.
+--recipe wide: the image-first recipe of the shipped model's second stage (``--cohort wide
+--optimizer adam --box 48 --boxes-per-step 2 --sample-fraction 0.5 --position-dropout 0.7``, fp32,
+lr --lr, by default 1e-3 here), validated on --val-subjects wide validation subjects and tested on
+the wide distribution's test stream (training/recipe.py WIDE_SEEDS["test"]).
 
 Re-running skips the presets whose training finished (their best.safetensors exists and the run
 reached its last epoch) and reuses their test scores (OUT_DIR/<preset>/scores.json, valid for the
@@ -22,6 +28,7 @@ have finished, prints the whole table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_default import METRICS, atlas_only, metrics_of, score  # noqa: E402
 
 from spatialseg_fast._atomic import atomic_text  # noqa: E402
+from spatialseg_fast.datasets import load_source  # noqa: E402
 from spatialseg_fast.datasets.cohort import paper_split  # noqa: E402
 from spatialseg_fast.model import PRESETS, load_model  # noqa: E402
 from spatialseg_fast.training.loop import TrainOptions  # noqa: E402
-from spatialseg_fast.training.recipe import train_default  # noqa: E402
+from spatialseg_fast.training.recipe import WIDE_SEEDS, train_default  # noqa: E402
+from spatialseg_fast.training.stream import wide_cohort  # noqa: E402
 
 
 def _test_scores(path: Path, test, metrics, key: dict) -> dict:
@@ -68,17 +77,29 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps-per-epoch", type=int, default=30)
     parser.add_argument("--test", type=int, default=5)
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--precision", default=None, help="default: bf16 (paper), fp32 (wide)")
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.02 (paper), 1e-3 (wide)")
+    parser.add_argument("--recipe", choices=("paper", "wide"), default="paper")
+    parser.add_argument("--val-subjects", type=int, default=2, help="wide: validation subjects (default 2)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
+    wide = args.recipe == "wide"
+    args.precision = args.precision or ("fp32" if wide else "bf16")
+    args.lr = args.lr if args.lr is not None else (1e-3 if wide else 0.02)
     options = TrainOptions(mode="dense", epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, slab=4,
                            precision=args.precision, lr=args.lr)
-    test = paper_split("test")[: args.test]
+    extra = {}
+    if wide:
+        options = dataclasses.replace(options, cohort="wide", optimizer="adam", box=48, boxes_per_step=2,
+                                      sample_fraction=0.5, position_dropout=0.7)
+        extra = {"n_val": args.val_subjects}
+        test = wide_cohort(load_source("cat12"), args.test, WIDE_SEEDS["test"])
+    else:
+        test = paper_split("test")[: args.test]
     rows, atlas_model = [], None
     for preset in args.presets:
         out = Path(args.out) / preset.replace("+", "_")
@@ -86,7 +107,7 @@ def main(argv=None):
         finished = best.is_file() and load_model(out / "last.safetensors").metadata["training"]["epoch"] == args.epochs - 1
         t0 = time.perf_counter()
         if not finished:
-            train_default(out, options, preset=preset, resume=(out / "last.safetensors").is_file(), progress=True)
+            train_default(out, options, preset=preset, resume=(out / "last.safetensors").is_file(), progress=True, **extra)
         minutes = (time.perf_counter() - t0) / 60
         model = load_model(best)
         per = _test_scores(out / "scores.json", test, lambda s: score(model, s, args.precision)[0],
@@ -99,8 +120,9 @@ def main(argv=None):
         per = _test_scores(Path(args.out) / "atlas_only.json", test,
                            lambda s: metrics_of(atlas_model, atlas_only(atlas_model, s), s.labels), _file_key(atlas_file))
         rows.append(("atlas only (no image)", 0, per, 0.0))
-    print(f"\nbudget: {args.epochs} epochs x {args.steps_per_epoch} dense steps of 4 slices, {args.precision}; "
-          f"{args.test} test pseudo-subjects")
+    what = "steps of 2 boxes of 48x48 voxels x 4 slices (wide recipe)" if wide else "dense steps of 4 slices"
+    print(f"\nbudget: {args.epochs} epochs x {args.steps_per_epoch} {what}, {args.precision}, lr {args.lr:g}; "
+          f"{args.test} test pseudo-subjects ({'wide test stream' if wide else 'paper split'})")
     print(f"{'model':<22} {'N_param':>10} {'Dice':>16} {'Hausdorff (mm)':>18} {'MSD (mm)':>16}")
     for preset, n, per, _ in rows:
         cells = [f"{np.mean(per[m]):.3f} +- {np.std(per[m]):.3f}" for m in METRICS]
