@@ -2,6 +2,7 @@
 
     python bench/ablation.py OUT_DIR [--presets ...] [--epochs 6] [--steps-per-epoch 30] [--test 5]
                              [--precision bf16] [--lr 0.02] [--threads N] [--recipe paper|wide]
+                             [--reference MODEL]
 
 For each preset (basenet, basenet+dist, basenet+prob, basenet+dist+prob, full): trained from
 scratch with the given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments
@@ -17,6 +18,9 @@ training pseudo-subjects, SGD, whole slabs), tested on the paper split's test su
 --optimizer adam --box 48 --boxes-per-step 2 --sample-fraction 0.5 --position-dropout 0.7``, fp32,
 lr --lr, by default 1e-3 here), validated on --val-subjects wide validation subjects and tested on
 the wide distribution's test stream (training/recipe.py WIDE_SEEDS["test"]).
+
+--reference MODEL adds a row for a model trained otherwise (e.g. the shipped weights) and, when
+no preset in the run has an atlas, takes the atlas-only row from its atlas.
 
 Re-running skips the presets whose training finished (their best.safetensors exists and the run
 reached its last epoch) and reuses their test scores (OUT_DIR/<preset>/scores.json, valid for the
@@ -81,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=None, help="default: 0.02 (paper), 1e-3 (wide)")
     parser.add_argument("--recipe", choices=("paper", "wide"), default="paper")
     parser.add_argument("--val-subjects", type=int, default=2, help="wide: validation subjects (default 2)")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="also test this model file (e.g. the shipped weights); its atlas gives the atlas-only "
+                             "row when no trained preset has one")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -116,6 +123,14 @@ def main(argv=None):
         print(f"{preset}: done ({minutes:.0f} min of training in this run)", flush=True)
         if model.atlas is not None:
             atlas_model, atlas_file = model, best
+    if args.reference:  # a model trained otherwise (e.g. the shipped weights), on the same test subjects
+        ref = Path(args.reference)
+        model = load_model(ref)
+        per = _test_scores(Path(args.out) / f"reference_{ref.stem}.json", test, lambda s: score(model, s, args.precision)[0],
+                           {"precision": args.precision, **_file_key(ref)})
+        rows.append((f"reference {ref.name}", model.inference_parameters(), per, 0.0))
+        if atlas_model is None and model.atlas is not None:
+            atlas_model, atlas_file = model, ref
     if atlas_model is not None:
         per = _test_scores(Path(args.out) / "atlas_only.json", test,
                            lambda s: metrics_of(atlas_model, atlas_only(atlas_model, s), s.labels), _file_key(atlas_file))
@@ -123,11 +138,11 @@ def main(argv=None):
     what = "steps of 2 boxes of 48x48 voxels x 4 slices (wide recipe)" if wide else "dense steps of 4 slices"
     print(f"\nbudget: {args.epochs} epochs x {args.steps_per_epoch} {what}, {args.precision}, lr {args.lr:g}; "
           f"{args.test} test pseudo-subjects ({'wide test stream' if wide else 'paper split'})")
-    print(f"{'model':<22} {'N_param':>10} {'Dice':>16} {'Hausdorff (mm)':>18} {'MSD (mm)':>16}")
+    print(f"{'model':<34} {'N_param':>10} {'Dice':>16} {'Hausdorff (mm)':>18} {'MSD (mm)':>16}")
     for preset, n, per, _ in rows:
         cells = [f"{np.mean(per[m]):.3f} +- {np.std(per[m]):.3f}" for m in METRICS]
         count = f"{n:,}" if n else ""
-        print(f"{preset:<22} {count:>10} {cells[0]:>16} {cells[1]:>18} {cells[2]:>16}")
+        print(f"{preset:<34} {count:>10} {cells[0]:>16} {cells[1]:>18} {cells[2]:>16}")
 
 
 if __name__ == "__main__":
