@@ -1,8 +1,8 @@
 """An ablation like the paper's Table 1: every preset trained with the same budget, then tested.
 
     python bench/ablation.py OUT_DIR [--presets ...] [--epochs 6] [--steps-per-epoch 30] [--test 5]
-                             [--precision bf16] [--lr 0.02] [--threads N] [--recipe paper|wide]
-                             [--reference MODEL]
+                             [--precision P] [--lr LR] [--threads N] [--recipe paper|wide]
+                             [--val-subjects 2] [--reference MODEL]
 
 For each preset (basenet, basenet+dist, basenet+prob, basenet+dist+prob, full): trained from
 scratch with the given budget, checkpoints in OUT_DIR/<preset>/, then the best checkpoint segments
@@ -17,7 +17,10 @@ training pseudo-subjects, SGD, whole slabs), tested on the paper split's test su
 --recipe wide: the image-first recipe of the shipped model's second stage (``--cohort wide
 --optimizer adam --box 48 --boxes-per-step 2 --sample-fraction 0.5 --position-dropout 0.7``, fp32,
 lr --lr, by default 1e-3 here), validated on --val-subjects wide validation subjects and tested on
-the wide distribution's test stream (training/recipe.py WIDE_SEEDS["test"]).
+the wide distribution's test stream (training/recipe.py WIDE_SEEDS["test"]). Every preset gets
+the same options and steps, but two of them only act where their branches are: position dropout
+needs DistBranch or ProbBranch inputs, and sampling uncertain voxels more often needs an atlas, so
+BaseNet and BaseNet+DistBranch sample uniformly.
 
 --reference MODEL adds a row for a model trained otherwise (e.g. the shipped weights) and, when
 no preset in the run has an atlas, takes the atlas-only row from its atlas.
@@ -47,7 +50,7 @@ from spatialseg_fast._atomic import atomic_text  # noqa: E402
 from spatialseg_fast.datasets import load_source  # noqa: E402
 from spatialseg_fast.datasets.cohort import paper_split  # noqa: E402
 from spatialseg_fast.model import PRESETS, load_model  # noqa: E402
-from spatialseg_fast.training.loop import TrainOptions  # noqa: E402
+from spatialseg_fast.training.loop import TrainOptions, saved_options  # noqa: E402
 from spatialseg_fast.training.recipe import WIDE_SEEDS, train_default  # noqa: E402
 from spatialseg_fast.training.stream import wide_cohort  # noqa: E402
 
@@ -111,6 +114,8 @@ def main(argv=None):
     for preset in args.presets:
         out = Path(args.out) / preset.replace("+", "_")
         best = out / "best.safetensors"
+        if (out / "last.safetensors").is_file() and saved_options(out) != options:
+            sys.exit(f"{out} holds a run with other options ({saved_options(out)}); give another OUT_DIR")
         finished = best.is_file() and load_model(out / "last.safetensors").metadata["training"]["epoch"] == args.epochs - 1
         t0 = time.perf_counter()
         if not finished:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from spatialseg_fast import segment
-from spatialseg_fast.cleanup import remove_islands, remove_outside_atlas
+from spatialseg_fast.cleanup import check_min_prob, remove_islands, remove_outside_atlas
 from spatialseg_fast.datasets import load_source
 from spatialseg_fast.model import load_default_model, load_model
 from spatialseg_fast.training.recipe import WIDE_SEEDS
@@ -26,12 +26,18 @@ from spatialseg_fast.training.stream import wide_cohort
 from heldout_warped import METRICS, _file_key, _means
 
 
+def _min_prob(text: str) -> float:
+    value = float(text)
+    check_min_prob(value)  # a bad threshold fails here, not after the first subject is segmented
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model file (default: the shipped weights)")
     parser.add_argument("--subjects", type=int, default=3)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.3, 1.0])
-    parser.add_argument("--min-probs", type=float, nargs="+", default=[0.0],
+    parser.add_argument("--min-probs", type=_min_prob, nargs="+", default=[0.0],
                         help="the atlas rule's thresholds to try (default: 0)")
     parser.add_argument("--cache", default=str(Path(__file__).parent / ".cleanup_cache"))
     args = parser.parse_args(argv)

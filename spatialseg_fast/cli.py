@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from spatialseg_fast._tables import csv_text as _csv_text, volume_rows as _volume_rows
-from spatialseg_fast.cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION
+from spatialseg_fast.cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION, check_min_prob
 
 
 def _keep_fraction(text: str) -> float:
@@ -34,10 +34,9 @@ def _atlas_probability(text: str) -> float:
     """argparse type of --atlas-min-prob: a number in [0, 1)."""
     try:
         value = float(text)
+        check_min_prob(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an atlas probability in [0, 1); got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected an atlas probability in [0, 1); got {text}")
     return value
 
 
@@ -435,6 +434,12 @@ def _cmd_segment(args) -> int:
 
     from spatialseg_fast.cli_batch import cohort_requested, run_cohort
 
+    if args.atlas_min_prob is not None and args.no_atlas_support:
+        print("spatialseg segment: error: --atlas-min-prob sets the atlas rule that --no-atlas-support turns off; "
+              "give one of them", file=sys.stderr)
+        return 2
+    if args.atlas_min_prob is None:
+        args.atlas_min_prob = DEFAULT_ATLAS_MIN_PROB
     if cohort_requested(args):  # --workers/--scheduler/--shard/--retries/--results: spatialseg_fast.batch
         return run_cohort(args)
 
@@ -695,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--no-atlas-support", action="store_true",
                     help="keep structures found where the model's atlas gives them a low probability (default: they "
                          "take an allowed label). With --cleanup 0: the engine's labels as they are")
-    sg.add_argument("--atlas-min-prob", type=_atlas_probability, default=DEFAULT_ATLAS_MIN_PROB, metavar="P",
+    sg.add_argument("--atlas-min-prob", type=_atlas_probability, default=None, metavar="P",
                     help="the atlas rule's threshold: a structure where the model's atlas gives it probability <= P "
                          f"takes an allowed label (default {DEFAULT_ATLAS_MIN_PROB:g}, chosen on validation "
                          "subjects; 0: only where the atlas never has it)")

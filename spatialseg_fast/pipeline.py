@@ -6,8 +6,8 @@ orientation) -> trilinear resampling onto the model's template grid -> brain mas
 voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapped back onto the
 input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
 voxel), header kept; before that, the cleanup on the template grid (cleanup.py): for a model with
-an atlas, a structure where the atlas gives it probability 0 takes an allowed label
-(``atlas_support=False`` turns it off); for one without (or with that off), each structure keeps its
+an atlas, a structure where the atlas gives it probability 0 (at most ``atlas_min_prob``, default 0)
+takes an allowed label (``atlas_support=False`` turns it off); for one without (or with that off), each structure keeps its
 large pieces and strays take the nearest kept label (``cleanup``) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
 structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
 filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .brainmask import default_brain_mask
-from .cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION, remove_islands, remove_outside_atlas
+from .cleanup import DEFAULT_ATLAS_MIN_PROB, DEFAULT_KEEP_FRACTION, check_min_prob, remove_islands, remove_outside_atlas
 from .inference import segment
 from .model.network import SpatialSegNet
 from .registration import LOW_SIMILARITY, register as register_to_template, to_subject, to_template
@@ -91,8 +91,10 @@ def segment_volume(image: Volume, model: SpatialSegNet, *, mask=None, register: 
         raise ValueError(f"skull_strip must be one of {', '.join(MODES)}; got {skull_strip!r}")
     if cleanup is not None and not 0 <= cleanup <= 1:
         raise ValueError(f"cleanup must be a keep fraction in [0, 1] (0: off); got {cleanup}")
-    if not 0 <= atlas_min_prob < 1:
-        raise ValueError(f"atlas_min_prob must be an atlas probability in [0, 1); got {atlas_min_prob}")
+    try:
+        check_min_prob(atlas_min_prob)
+    except ValueError:
+        raise ValueError(f"atlas_min_prob must be an atlas probability in [0, 1); got {atlas_min_prob}") from None
     t0 = time.perf_counter()
     stage = _Stages(progress)
     shape, affine = template_grid_of(model)

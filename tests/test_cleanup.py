@@ -148,14 +148,52 @@ def test_min_prob_sets_where_a_structure_counts_as_outside_the_atlas(dense):
     for p in (0.25, 0.6):
         assert outside_atlas(pred, atlas, values, min_prob=p).sum() == 64
         np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values, min_prob=p), truth)
-    # the defaults of both functions are the threshold the pipeline uses
-    np.testing.assert_array_equal(outside_atlas(pred, atlas, values),
-                                  outside_atlas(pred, atlas, values, min_prob=DEFAULT_ATLAS_MIN_PROB))
-    np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values),
-                                  remove_outside_atlas(pred, atlas, values, min_prob=DEFAULT_ATLAS_MIN_PROB))
+    assert DEFAULT_ATLAS_MIN_PROB == 0  # the documented default: only where the atlas never has it
+    assert not outside_atlas(pred, atlas, values).any()
+    np.testing.assert_array_equal(remove_outside_atlas(pred, atlas, values), pred)
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="min_prob"):
             remove_outside_atlas(pred, atlas, values, min_prob=bad)
+        with pytest.raises(ValueError, match="min_prob"):
+            outside_atlas(pred, atlas, values, min_prob=bad)
+
+
+@pytest.mark.parametrize("dense", [None, torch.float32, torch.float16, torch.float64])
+def test_a_threshold_on_an_atlas_value_counts_it_as_outside_for_every_atlas_form(dense):
+    """3 of 10 maps put 3 in the band: probability 0.3, which float16 keeps as 0.30005. At
+    min_prob 0.3 the band is outside for the sparse atlas and for dense ones of any dtype."""
+    from spatialseg_fast.cleanup import outside_atlas
+
+    values = (0, 3, 5)
+    truth = _two_structures()
+    wide = truth.copy()
+    wide[2:18, 12:16, 2:20] = 3
+    atlas = _atlas_of([truth] * 7 + [wide] * 3, values)
+    if dense is not None:
+        atlas = atlas.to_dense(dense)
+    pred = truth.copy()
+    pred[6:10, 12:16, 6:10] = 3
+    assert outside_atlas(pred, atlas, values, min_prob=0.3).sum() == 64
+    assert not outside_atlas(pred, atlas, values, min_prob=0.29).any()
+
+
+def test_where_no_label_passes_the_threshold_the_atlas_top_label_is_taken():
+    """Half the maps say 3, half say 5 in a band: at min_prob 0.6 neither passes, so the band's
+    voxels end with the atlas's most probable label there (one of the two), not a hole."""
+    from spatialseg_fast.cleanup import remove_outside_atlas
+
+    values = (0, 3, 5)
+    truth = _two_structures()
+    wide = truth.copy()
+    wide[2:18, 12:16, 2:20] = 3
+    atlas = _atlas_of([truth, wide], values)
+    pred = truth.copy()
+    pred[6:10, 12:16, 6:10] = 3
+    out = remove_outside_atlas(pred, atlas, values, min_prob=0.6)
+    band = out[6:10, 12:16, 6:10]
+    top = np.asarray(values)[atlas.index[0].numpy().astype(np.int64)][6:10, 12:16, 6:10]
+    np.testing.assert_array_equal(band, top)
+    assert set(np.unique(band)) <= {3, 5}
 
 
 def test_atlas_on_another_grid_is_refused():

@@ -229,9 +229,10 @@ def test_cleanup_flags_reach_the_pipeline_from_the_command_line(tmp_path, toy_mo
         raise ValueError("captured")
 
     monkeypatch.setattr(batch, "segment_many", capture)
-    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--cleanup", "0.2", "--no-atlas-support",
-                                                                   "--atlas-min-prob", "0")) != 0
-    assert seen[-1] == (0.2, False, 0.0)
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--cleanup", "0.2", "--no-atlas-support")) != 0
+    assert seen[-1] == (0.2, False, DEFAULT_ATLAS_MIN_PROB)
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--workers", "2", "--atlas-min-prob", "0.2")) != 0
+    assert seen[-1] == (None, True, 0.2)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_segment(tmp_path, toy_model_path, src, extra=("--cleanup", "2"))
@@ -239,6 +240,9 @@ def test_cleanup_flags_reach_the_pipeline_from_the_command_line(tmp_path, toy_mo
     with pytest.raises(SystemExit) as exc:
         run_segment(tmp_path, toy_model_path, src, extra=("--atlas-min-prob", "1"))
     assert exc.value.code == 2 and "atlas probability" in capsys.readouterr().err
+    n = len(seen)
+    assert run_segment(tmp_path, toy_model_path, src, extra=("--atlas-min-prob", "0.1", "--no-atlas-support")) == 2
+    assert "give one of them" in capsys.readouterr().err and len(seen) == n
 
 
 # -- the command line -------------------------------------------------------------------------
