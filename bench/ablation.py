@@ -80,7 +80,8 @@ def _file_key(path: Path) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS),
+                        help="presets to train and test (default: all; none with --reference: only that model)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps-per-epoch", type=int, default=30)
     parser.add_argument("--test", type=int, default=5)
