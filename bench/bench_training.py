@@ -2,11 +2,16 @@
 
 pytest mode:  pytest bench/bench_training.py --benchmark-only   (a small synthetic volume)
 script mode:  python bench/bench_training.py [--precisions fp32 bf16] [--steps 4] [--synthetic] [--dropout-ratio]
+                                           [--box-ratio]
               the full preset with 135 classes on one CAT12 pseudo-subject (template grid,
               ~1.9M brain voxels; --synthetic: an ellipsoid brain of the same size, no fetch):
               optimizer steps of dense mode (slabs of 4 slices, every brain voxel a sample) and
               of patch mode (batches of 256 patches, the paper's), best of --steps each after one
               warm-up step, printed side by side with the ratio (target: dense >= 20x).
+              --box-ratio: dense fp32 steps of the whole slab (the paper-split recipe) and of one
+              48x48 box with half its voxels sampled (the image-first recipe's --box 48
+              --sample-fraction 0.5; --boxes-per-step 2 makes a step of two of these), alternating
+              in one run: samples/s and steps/s of each (issue 14's throughput target).
 """
 from __future__ import annotations
 
@@ -92,12 +97,42 @@ def dropout_ratio(image, labels, values, steps: int) -> None:
     print(f"ratio {np.median(rates['bit-mask dropout']) / np.median(rates['torch dropout']):.2f}x")
 
 
+def box_ratio(image, labels, values, steps: int) -> None:
+    """Whole-slab and box dense fp32 steps, alternating, on the same model and subject."""
+    model, subject, atlas = setup(image, labels, values)
+    kinds = {"whole slab (slab 4)": TrainOptions(mode="dense", slab=4, precision="fp32"),
+             "box 48 (slab 4, fraction 0.5)": TrainOptions(mode="dense", slab=4, precision="fp32", box=48,
+                                                           sample_fraction=0.5)}
+    samples = {k: [] for k in kinds}
+    seconds = {k: [] for k in kinds}
+    for i in range(steps + 1):
+        for name, options in kinds.items():
+            rng = np.random.default_rng(i)
+            opt = _optimizer(model, options)
+            opt.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            _, n = _dense_step(model, subject, atlas, options, rng)
+            opt.step()
+            if i:  # the first round warms up allocators and oneDNN kernels
+                samples[name].append(n)
+                seconds[name].append(time.perf_counter() - t0)
+    rates = {}
+    for name in kinds:
+        rates[name] = np.median(np.asarray(samples[name]) / np.asarray(seconds[name]))
+        print(f"{name:<30} median {rates[name]:>8,.0f} samples/s, {np.median(seconds[name]):6.2f} s/step, "
+              f"{np.median(samples[name]):>9,.0f} samples/step")
+    whole, box = rates.values()
+    print(f"box / whole slab: {box / whole:.2f}x samples/s, "
+          f"{np.median(seconds[list(kinds)[0]]) / np.median(seconds[list(kinds)[1]]):.1f}x steps/s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--dropout-ratio", action="store_true")
+    parser.add_argument("--box-ratio", action="store_true")
     args = parser.parse_args(argv)
     if args.synthetic:
         image, labels = synthetic_pair()
@@ -112,6 +147,8 @@ def main(argv=None):
     print(f"full preset, 135 classes, {int((image != 0).sum()):,} brain voxels, {torch.get_num_threads()} threads")
     if args.dropout_ratio:
         return dropout_ratio(image, labels, values, args.steps)
+    if args.box_ratio:
+        return box_ratio(image, labels, values, args.steps)
     print(f"{'precision':<10} {'dense samples/s':>16} {'patch samples/s':>16} {'dense/patch':>12}")
     for precision in args.precisions:
         model, subject, atlas = setup(image, labels, values)
