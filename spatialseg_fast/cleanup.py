@@ -7,9 +7,10 @@ chosen on the validation pseudo-subjects, never on the held-out ones (bench/clea
 bench/RESULTS.md):
 
 - ``remove_outside_atlas``: a structure found where the model's probabilistic atlas gives it
-  probability 0 (or at most ``min_prob``) takes the label of the nearest voxel that keeps its own, if the atlas allows that
-  label there, else the atlas's most probable label there (a model trained with its position
-  inputs dropped for most voxels can name a structure anywhere; the atlas says where it can be).
+  probability 0 (or at most ``min_prob``) takes the label of the nearest voxel that keeps its own,
+  if the atlas allows that label there, else the atlas's most probable label there (a model
+  trained with its position inputs dropped for most voxels can name a structure anywhere; the
+  atlas says where it can be).
 - ``remove_islands``: each structure keeps its largest 26-connected piece and every piece of at
   least ``keep_fraction`` of that size; the voxels of the other pieces take the label of the
   nearest kept voxel (background included). The brain structures of the label sets we ship are one
@@ -24,9 +25,9 @@ without one. Each takes 1-2 s per brain.
 
 The atlas rule's threshold (``min_prob``, ``--atlas-min-prob``): a structure counts as outside the
 atlas where the atlas gives it probability <= min_prob. For that early checkpoint 0.25 gave the
-best Dice (0.5686 -> 0.5716, HD 9.13 -> 8.37 mm; 0.3 the best HD, 8.29), but for the shipped model (an average of later epochs,
-a better reader of the image) any threshold above 0 costs Dice: 0.6094 / 8.41 mm at 0, 0.6075 /
-8.29 at 0.1, 0.6056 / 8.23 at 0.15. So the default is 0; a higher one trades a little Dice for a
+best Dice (0.5686 -> 0.5716, HD 9.13 -> 8.37 mm; 0.3 the best HD, 8.29), but for the shipped
+model (an average of later epochs, a better reader of the image) any threshold above 0 costs
+Dice: 0.6094 / 8.41 mm at 0, 0.6075 / 8.29 at 0.1, 0.6056 / 8.23 at 0.15. So the default is 0; a higher one trades a little Dice for a
 smaller Hausdorff distance.
 """
 from __future__ import annotations
@@ -112,7 +113,7 @@ def _allowed(labels: np.ndarray, atlas, lut: np.ndarray, background_free: bool, 
     min_prob = float(np.float16(min_prob))
     ok = labels == lut[0] if background_free else np.zeros(labels.shape, dtype=bool)
     if isinstance(atlas, SparseAtlas):
-        index, prob = atlas.index.numpy(), atlas.prob.numpy().astype(np.float32)
+        index, prob = atlas.index.numpy(), atlas.prob.numpy()  # (min_prob is exact in float16 now)
         for k in range(index.shape[0]):
             ok |= (lut[index[k].astype(np.int64)] == labels) & (prob[k] > min_prob)
     else:

@@ -7,8 +7,8 @@ voxels, or a mask file on the input's grid) -> dense segmentation -> labels mapp
 input's own grid and affine (a trilinear-weighted vote of the 8 template voxels around each input
 voxel), header kept; before that, the cleanup on the template grid (cleanup.py): for a model with
 an atlas, a structure where the atlas gives it probability 0 (at most ``atlas_min_prob``, default 0)
-takes an allowed label (``atlas_support=False`` turns it off); for one without (or with that off), each structure keeps its
-large pieces and strays take the nearest kept label (``cleanup``) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
+takes an allowed label (``atlas_support=False`` turns it off); for one without (or with that off),
+each structure keeps its large pieces and strays take the nearest kept label (``cleanup``) -> optional probability maps (float16, trilinear), a volumes table (mm^3 per
 structure) and a QC picture. The default brain mask is the non-zero voxels with enclosed holes
 filled (brainmask.py). With ``progress=True`` each stage prints one line with its time on stderr;
 a registration whose final similarity is below registration.LOW_SIMILARITY is warned about always.
