@@ -27,8 +27,8 @@ The atlas rule's threshold (``min_prob``, ``--atlas-min-prob``): a structure cou
 atlas where the atlas gives it probability <= min_prob. For that early checkpoint 0.25 gave the
 best Dice (0.5686 -> 0.5716, HD 9.13 -> 8.37 mm; 0.3 the best HD, 8.29), but for the shipped
 model (an average of later epochs, a better reader of the image) any threshold above 0 costs
-Dice: 0.6094 / 8.41 mm at 0, 0.6075 / 8.29 at 0.1, 0.6056 / 8.23 at 0.15. So the default is 0; a higher one trades a little Dice for a
-smaller Hausdorff distance.
+Dice: 0.6094 / 8.41 mm at 0, 0.6075 / 8.29 at 0.1, 0.6056 / 8.23 at 0.15. So the default is 0;
+a higher one trades a little Dice for a smaller Hausdorff distance.
 """
 from __future__ import annotations
 
