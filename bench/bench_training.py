@@ -58,6 +58,8 @@ def rate(model, subject, atlas, options, steps, first: int = 1) -> float:
         t0 = time.perf_counter()
         _, n = step_fn(model, subject, atlas, options, rng)
         opt.step()
+        if subject.mask.is_cuda:  # the trunks' backward and the update run asynchronously there
+            torch.cuda.synchronize()
         if i:  # the first step warms up allocators and oneDNN kernels
             best = max(best, n / (time.perf_counter() - t0))
     return best

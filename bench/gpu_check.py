@@ -6,7 +6,12 @@ per-patch oracle, then whole-brain timings. Run through bench/gpu_check.sh on a 
    margin is clear), and bf16 / fp16 dense labels vs fp32 dense labels.
 2. Full preset on the 182x218x182 volume with a 1.5M-voxel brain: dense seconds per precision
    (best of 3 after a warm-up) and per-patch voxels/s on sampled voxels (Triton patch extraction),
-   with the ratio. A short table is printed last.
+   with the ratio.
+3. The evaluator's Triton distance kernels against the C++ ones.
+4. Training on CUDA (issue 14, item 4): the toy run of tests/test_training.py on the CPU and on the
+   GPU (losses close; a run started on the CPU resumes on the GPU), then samples/s of the full
+   preset's dense steps (whole slab of 4 slices, and the image-first recipe's 48x48x4 box with half
+   its voxels) in fp32 and bf16 on the synthetic brain. A short table is printed last.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bench_segment import make_atlas, make_brain  # noqa: E402
+from bench_training import rate, setup, synthetic_pair  # noqa: E402
 from test_segment import oracle_voxels, patch_logits64, random_case  # noqa: E402
 
 from spatialseg_fast import build_model, build_info, classify_voxels, segment  # noqa: E402
@@ -112,6 +118,40 @@ def evaluator_check(check_size: int = 128, time_size: int = 256):
     return dt, worst, same_counts
 
 
+def training_check(steps: int = 3):
+    import tempfile
+
+    import numpy as np
+    from test_training import toy_data, toy_model
+
+    from spatialseg_fast.training.loop import TrainOptions, train
+
+    options = TrainOptions(epochs=2, steps_per_epoch=3, slab=3, box=8, lr=1e-3, optimizer="adam", position_dropout=0.3)
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dev in ("cpu", "cuda"):
+            model = toy_model()
+            subjects, atlas = toy_data(model)
+            losses[dev] = [r.loss for r in train(model, subjects, f"{tmp}/{dev}", options, atlas=atlas, progress=False,
+                                                 device=dev).history]
+        model = toy_model()
+        train(model, subjects, f"{tmp}/mixed", options, atlas=atlas, progress=False, device="cpu", stop_after=1)
+        resumed = train(model, subjects, f"{tmp}/mixed", None, atlas=atlas, progress=False, resume=True, device="cuda")
+    print(f"training toy run: losses cpu {np.round(losses['cpu'], 4).tolist()} cuda {np.round(losses['cuda'], 4).tolist()}; "
+          f"resumed cpu -> cuda: epochs {[r.epoch for r in resumed.history]}", flush=True)
+    image, labels = synthetic_pair()
+    model, subject, atlas = setup(image, labels, tuple(range(135)))
+    model, subject, atlas = model.to("cuda"), subject.to("cuda"), atlas.to("cuda")
+    rows = []
+    for prec in ("fp32", "bf16"):
+        for name, extra in (("slab 4", {}), ("box 48x48x4, half", dict(box=48, sample_fraction=0.5))):
+            opts = TrainOptions(slab=4, precision=prec, optimizer="adam", position_dropout=0.7, **extra)
+            r = rate(model, subject, atlas, opts, steps)
+            print(f"training step {prec} {name}: {r:,.0f} samples/s", flush=True)
+            rows.append((prec, name, r))
+    return losses, rows
+
+
 def main():
     if not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here")
@@ -121,6 +161,7 @@ def main():
     correctness(checks)
     patch_rate, brain = timing(times)
     ev_time, ev_diff, ev_counts = evaluator_check()
+    losses, train_rows = training_check()
     print("\n== gpu_check summary ==")
     print(f"{'preset':<22} {'max|d|':>9} {'labels':>7} {'patch':>7} {'bf16':>7} {'fp16':>7}")
     for preset, diff, scale, agree, patch, b, h in checks:
@@ -130,6 +171,9 @@ def main():
     for prec, sec, rate, mem in times:
         print(f"{prec:<9} {sec:>8.2f} {rate:>12,.0f} {mem:>9.2f} {rate / patch_rate:>11.0f}x")
     print(f"\nevaluator (surface_distances, triton): {ev_time:.3f} s, counts equal {ev_counts}, max |triton - cpp| {ev_diff:.1e}")
+    print(f"\ntraining toy losses cpu {losses['cpu'][-1]:.4f} cuda {losses['cuda'][-1]:.4f} (last epoch)")
+    for prec, name, r in train_rows:
+        print(f"training {prec:<5} {name:<18} {r:>12,.0f} samples/s")
 
 
 if __name__ == "__main__":

@@ -567,7 +567,7 @@ def _cmd_train(args) -> int:
         if args.images is None and not 1 <= args.val_subjects <= 5:
             raise ValueError("--val-subjects must be 1 to 5 (the paper's split has 5 validation subjects)")
         common = dict(preset=args.preset, seed=options.seed, resume=args.resume, stop_after=args.stop_after,
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=args.device, keep_epochs=args.keep_epochs)
         t0 = time.perf_counter()
         if args.images is not None:
             result = train_on_folders(args.images, args.labels, args.out, options, **common)
@@ -738,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sgd: the paper's (momentum 0.9, default); adam: scale-free steps")
     tr.add_argument("--clip-grad", type=float, default=2.0, help="largest global gradient norm (0: off; default 2)")
     tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    tr.add_argument("--device", default="auto",
+                    help="auto (a CUDA GPU when there is one, else the CPU; default), cpu or cuda[:N]; a run may be "
+                    "resumed on another device")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")
     tr.add_argument("--cohort", choices=["paper", "wide"], default="paper",
@@ -761,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true",
                     help="continue from OUT/last.safetensors with the run's saved options (other training flags are ignored)")
     tr.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later with --resume)")
+    tr.add_argument("--keep-epochs", action="store_true",
+                    help="also keep every epoch's checkpoint in OUT/epochs/ (to average late epochs; give it again "
+                    "with --resume)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
     return parser

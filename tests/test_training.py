@@ -243,10 +243,19 @@ def test_box_steps_sample_only_inside_a_box_and_accumulate_parts(tmp_path):
     options = TrainOptions(epochs=2, steps_per_epoch=2, slab=3, box=8, boxes_per_step=2, lr=1e-3, optimizer="adam")
     a, b = toy_model(), toy_model()
     train(a, subjects, tmp_path / "a", options, atlas=atlas, progress=False)
-    train(b, subjects, tmp_path / "b", options, atlas=atlas, progress=False, stop_after=1)
-    train(b, subjects, tmp_path / "b", None, atlas=atlas, progress=False, resume=True)
+    train(b, subjects, tmp_path / "b", options, atlas=atlas, progress=False, stop_after=1, keep_epochs=True)
+    train(b, subjects, tmp_path / "b", None, atlas=atlas, progress=False, resume=True, keep_epochs=True)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+    # every epoch kept (the second written by the resumed call), each the weights after that epoch
+    kept = sorted(p.name for p in (tmp_path / "b" / "epochs").iterdir())
+    assert kept == ["ep001.safetensors", "ep002.safetensors"] and not (tmp_path / "a" / "epochs").exists()
+    second = load_model(tmp_path / "b" / "epochs" / "ep002.safetensors")
+    assert second.metadata["training"]["epoch"] == 1
+    for (name, x), y in zip(b.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(x, y), name
+    first = load_model(tmp_path / "b" / "epochs" / "ep001.safetensors")
+    assert not all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
     with pytest.raises(ValueError, match="boxes_per_step"):
         TrainOptions(boxes_per_step=0)
 
@@ -299,3 +308,67 @@ def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
         average_checkpoints([stray, paths[0]], tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="one of the inputs"):
         average_checkpoints(paths, paths[0])
+
+
+def test_subjects_and_atlas_move_to_the_training_device_once():
+    """The GPU path's bookkeeping, checked on torch's "meta" device (no data, no GPU needed):
+    every tensor a step reads is moved, and a stream's subjects are moved once each."""
+    from spatialseg_fast.training.loop import _OnDevice
+
+    model = toy_model()
+    subjects, atlas = toy_data(model, 3)
+    meta = torch.device("meta")
+    moved = atlas.to(meta)
+    assert moved.index.is_meta and moved.prob.is_meta and moved.num_classes == atlas.num_classes
+    assert not atlas.index.is_meta  # the original (the one checkpoints store) stays on the CPU
+    on = _OnDevice(meta)
+    first = on(subjects[:2])
+    s = first[0]
+    assert all(t.is_meta for t in (s.mask, s.target, s.source.volume, s.source.scales)) and s.name == "s0"
+    assert s.mask.shape == subjects[0].mask.shape and s.source.spacing == subjects[0].source.spacing
+    again = on(subjects[1:3])  # subject 1 stays in the pool: the same moved copy, not a new one
+    assert again[0] is first[1] and again[1] is not first[1]
+    assert on(subjects[1:3])[1] is again[1]
+    cpu = _OnDevice(torch.device("cpu"))
+    assert cpu(subjects)[0] is subjects[0]  # nothing copied on the CPU
+
+
+def test_a_missing_or_unknown_training_device_is_a_clear_error(tmp_path):
+    model = toy_model()
+    subjects, atlas = toy_data(model, 1)
+    options = TrainOptions(epochs=1, steps_per_epoch=1, slab=2)
+    with pytest.raises(ValueError, match="device must be"):
+        train(model, subjects, tmp_path, options, atlas=atlas, progress=False, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train(model, subjects, tmp_path, options, atlas=atlas, progress=False, device="cuda")
+    assert not (tmp_path / "last.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["dense", "patch"])
+def test_training_on_a_gpu_follows_the_cpu_run_and_resumes_across_devices(mode, tmp_path):
+    options = TrainOptions(mode=mode, epochs=2, steps_per_epoch=2, slab=3, batch_size=32, lr=1e-3, optimizer="adam",
+                           box=8 if mode == "dense" else 0, position_dropout=0.3 if mode == "dense" else 0.0)
+    cpu, gpu, mixed = toy_model(), toy_model(), toy_model()
+    subjects, atlas = toy_data(cpu)
+    a = train(cpu, subjects, tmp_path / "cpu", options, atlas=atlas, progress=False, device="cpu")
+    b = train(gpu, subjects, tmp_path / "gpu", options, atlas=atlas, progress=False, device="cuda")
+    # the head's dropout masks come from each device's own generator: close, not equal
+    assert np.allclose([r.loss for r in a.history], [r.loss for r in b.history], rtol=0.2)
+    assert next(gpu.parameters()).is_cuda and load_model(tmp_path / "gpu" / "last.safetensors").atlas is not None
+    train(mixed, subjects, tmp_path / "mixed", options, atlas=atlas, progress=False, device="cpu", stop_after=1)
+    c = train(mixed, subjects, tmp_path / "mixed", None, atlas=atlas, progress=False, resume=True, device="cuda")
+    assert [r.epoch for r in c.history] == [0, 1] and np.isfinite(c.history[-1].loss)
+
+
+def test_train_command_rejects_a_bad_device_before_any_work(tmp_path, capsys):
+    from spatialseg_fast.cli import main
+
+    assert main(["train", str(tmp_path / "run"), "--device", "tpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device must be 'auto', 'cpu' or 'cuda[:N]'" in err[0]
+    if not torch.cuda.is_available():
+        assert main(["train", str(tmp_path / "run"), "--device", "cuda", "--quiet"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing made, no data prepared

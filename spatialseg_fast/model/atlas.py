@@ -34,14 +34,18 @@ class SparseAtlas:
         """Dense float32 [L, *box] probabilities of a box (tuple of three slices)."""
         idx = self.index[(slice(None), *box)].long()
         p = self.prob[(slice(None), *box)].float()
-        out = torch.zeros((self.num_classes, *idx.shape[1:]), dtype=torch.float32)
+        out = torch.zeros((self.num_classes, *idx.shape[1:]), dtype=torch.float32, device=idx.device)
         return out.scatter_add_(0, idx, p)
 
     def rows(self, xyz: torch.Tensor) -> torch.Tensor:
         """[n, L] float32 probabilities at voxels xyz [n, 3]."""
         x, y, z = xyz.long().unbind(1)
         idx, p = self.index[:, x, y, z].long().T, self.prob[:, x, y, z].float().T
-        return torch.zeros((len(xyz), self.num_classes), dtype=torch.float32).scatter_add_(1, idx, p)
+        return torch.zeros((len(xyz), self.num_classes), dtype=torch.float32, device=idx.device).scatter_add_(1, idx, p)
+
+    def to(self, device) -> "SparseAtlas":
+        """The same atlas with its arrays on `device` (training on a GPU reads its rows there)."""
+        return SparseAtlas(self.index.to(device), self.prob.to(device), self.num_classes)
 
     def to_dense(self, dtype=torch.float16) -> torch.Tensor:
         """The whole [L, D, H, W] atlas."""

@@ -21,6 +21,11 @@ class TrainSubject:
     """[D, H, W] int64 class indices."""
     name: str = ""
 
+    def to(self, device) -> "TrainSubject":
+        """The same subject with its tensors on `device`."""
+        return TrainSubject(source=self.source.to(device), mask=self.mask.to(device), target=self.target.to(device),
+                            name=self.name)
+
     @property
     def mask_p(self) -> torch.Tensor:
         """The mask plane-major (slice axis first)."""

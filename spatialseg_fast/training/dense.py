@@ -41,7 +41,7 @@ def scale_maps(model: SpatialSegNet, scales: torch.Tensor, w0: int, w1: int, box
 def base_features(model: SpatialSegNet, maps, t, du, dv) -> torch.Tensor:
     """[n, R * f * f] BaseNet features in the patch form's (channel, position) order."""
     f, R = model.scale_size, model.config.reduce_channels
-    i = torch.arange(f)
+    i = torch.arange(f, device=t.device)
     total = 0
     for fmap, step in maps:
         T, Lu, Lv, _ = fmap.shape
@@ -66,7 +66,7 @@ def cube_features(model: SpatialSegNet, cmap, offsets: torch.Tensor) -> torch.Te
     fmap, step = cmap
     A, B, C, K = fmap.shape
     f = model.cube_size
-    i = torch.arange(f) * step
+    i = torch.arange(f, device=offsets.device) * step
     offs = ((i[:, None, None] * B + i[None, :, None]) * C + i[None, None, :]).reshape(-1)
     base = (offsets[:, 0] * B + offsets[:, 1]) * C + offsets[:, 2]
     g = fmap.reshape(-1, K).index_select(0, (base[:, None] + offs[None, :]).reshape(-1))
@@ -134,11 +134,12 @@ class SlabStep:
         pathways must carry the answer alone: without this the network learns the position's
         most frequent label and never leaves it (issue 14)."""
         p = self.position_dropout
+        # drawn on the CPU generator whatever the device: the same masks on a CPU and a GPU
         if dist is not None:
-            keep = (torch.rand(n, generator=self.generator) >= p).to(dist.dtype)
+            keep = (torch.rand(n, generator=self.generator) >= p).to(device=dist.device, dtype=dist.dtype)
             dist = dist * keep.view(-1, 1, 1, 1)
         if rows is not None:
-            keep = (torch.rand(n, generator=self.generator) >= p).to(rows.dtype)
+            keep = (torch.rand(n, generator=self.generator) >= p).to(device=rows.device, dtype=rows.dtype)
             rows = rows * keep.view(-1, 1)
         return dist, rows
 

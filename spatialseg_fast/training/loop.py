@@ -141,9 +141,9 @@ def _optimizer(model: SpatialSegNet, options: TrainOptions) -> torch.optim.Optim
     return torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
 
 
-def _autocast(options: TrainOptions):
+def _autocast(options: TrainOptions, device: torch.device):
     if options.precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -190,7 +190,7 @@ def _dense_step(model, subject: TrainSubject, atlas, options, rng, weight: float
         target = subject.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
         return _losses(logits, aux, target, options.aux_weight) * (weight / n)
 
-    with _autocast(options):
+    with _autocast(options, mask_p.device):
         loss = step.run(loss_fn)
     return loss, n
 
@@ -205,28 +205,29 @@ def _subsample(model, mask_p, w0: int, w1: int, atlas, fraction: float, rng) -> 
     nz = sub.nonzero()
     if len(nz) == 0:
         return out
-    p = torch.full((len(nz),), fraction)
+    p = torch.full((len(nz),), fraction, device=nz.device)
     if atlas is not None and hasattr(atlas, "prob"):
         xyz = to_array(model, nz, w0)
         top = atlas.prob[0, xyz[:, 0], xyz[:, 1], xyz[:, 2]].float()
         p[top < 0.9] = min(1.0, 3 * fraction)
-    keep = torch.from_numpy(rng.random(len(nz))) < p
+    keep = torch.from_numpy(rng.random(len(nz))).to(nz.device) < p
     sub[nz[~keep].unbind(1)] = False
     return out
 
 
 def _patch_step(model, subject: TrainSubject, atlas, options, rng, weight: float = 1.0) -> tuple[float, int]:
     brain = subject.mask.nonzero()
-    pick = torch.from_numpy(rng.integers(0, len(brain), options.batch_size))
+    dev = brain.device
+    pick = torch.from_numpy(rng.integers(0, len(brain), options.batch_size)).to(dev)
     centres = brain[pick]
-    rotation = torch.from_numpy(rng.uniform(-options.rotation, options.rotation, options.batch_size)).float()
-    scale = torch.from_numpy(rng.uniform(1 - options.scale, 1 + options.scale, options.batch_size)).float()
+    rotation = torch.from_numpy(rng.uniform(-options.rotation, options.rotation, options.batch_size)).float().to(dev)
+    scale = torch.from_numpy(rng.uniform(1 - options.scale, 1 + options.scale, options.batch_size)).float().to(dev)
     p = extract_patches(subject.source, centres, rotation=rotation, scale=scale)
     rows = None
     if model.prob is not None:
         rows = atlas.rows(centres) if hasattr(atlas, "rows") else atlas[:, centres[:, 0], centres[:, 1], centres[:, 2]].T.float()
     target = subject.target[centres[:, 0], centres[:, 1], centres[:, 2]]
-    with _autocast(options):
+    with _autocast(options, dev):
         logits, aux = model(p.planes, p.cube, p.distances, rows, return_aux=True)
         loss = _losses(logits, aux, target, options.aux_weight) * (weight / options.batch_size)
     loss.backward()
@@ -274,16 +275,31 @@ def _restore(path: Path, model, optimizer) -> tuple[int, TrainResult]:
     for name, value in extra.items():
         if name.startswith("optim."):
             _, i, key = name.split(".", 2)
-            p = params[int(i)]
-            optimizer.state[p][key] = value.clone().reshape(()) if key == "step" else value.clone()
+            p = params[int(i)]  # Adam keeps its step count on the CPU, the moments beside the parameter
+            optimizer.state[p][key] = value.clone().reshape(()) if key == "step" else value.to(p.device, copy=True)
     result = TrainResult(history=[EpochRecord(**r) for r in info["history"]], best_epoch=info["best_epoch"],
                          best_dice=info["best_dice"] if info["best_dice"] is not None else -math.inf)
     return int(info["epoch"]) + 1, result
 
 
+class _OnDevice:
+    """Training subjects moved to the training device once each (a stream's pool changes a few
+    subjects per epoch; moving all of them every epoch would copy gigabytes)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self._held = device, {}
+
+    def __call__(self, pool: list) -> list:
+        if self.device.type == "cpu":
+            return pool
+        # keyed by id() while the original is held here, so an id is never reused for another subject
+        self._held = {id(s): self._held.get(id(s)) or (s, s.to(self.device)) for s in pool}
+        return [self._held[id(s)][1] for s in pool]
+
+
 def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None = None, *,
           atlas=None, validate=None, resume: bool = False, progress: bool = True, metadata: dict | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, device="auto", keep_epochs: bool = False) -> TrainResult:
     """Train `model` in place on prepared `subjects` (a list of TrainSubject, or a callable
     epoch -> list, e.g. stream.SubjectPool); checkpoints in `out_dir`.
 
@@ -294,7 +310,16 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
         takes them; different options are an error, as is a missing checkpoint or another
         configuration). stop_after: stop after this many epochs of this call (for tests and
         time-boxed runs; a later ``resume=True`` call continues).
+    device: "auto" (the first CUDA GPU when there is one, else the CPU), "cpu" or "cuda[:N]". The
+        model is moved there and trained there; checkpoints are written from the CPU as always, so a
+        run started on one device resumes on another. The subjects' and position-dropout draws come
+        from the same CPU generators on every device.
+    keep_epochs: also keep every epoch's checkpoint as ``out_dir/epochs/epNNN.safetensors`` (for
+        averaging late epochs, ``training.average``; ~30 MB each for the full preset).
     """
+    from ..inference import resolve_device
+
+    dev = resolve_device(device)
     out = Path(out_dir)
     if resume:  # the run continues with its own options
         saved = saved_options(out)
@@ -310,6 +335,7 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
         raise ValueError("this model has a ProbBranch: pass the atlas built from the training labels")
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.safetensors", out / "best.safetensors"
+    model.to(dev)
     optimizer = _optimizer(model, options)
     start, result = 0, TrainResult()
     if resume:
@@ -318,6 +344,8 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
         start, result = _restore(last, model, optimizer)
     metadata = dict(metadata or {})
     step_fn = _dense_step if options.mode == "dense" else _patch_step
+    on_device = _OnDevice(dev)
+    atlas_on = atlas.to(dev) if atlas is not None and dev.type != "cpu" else atlas  # `atlas` itself is saved
     done = 0
     for epoch in range(start, options.epochs):
         if stop_after is not None and done >= stop_after:
@@ -330,14 +358,14 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
         model.train()
         t0, losses, samples = time.perf_counter(), [], 0
         bar = Progress(options.steps_per_epoch, f"epoch {epoch + 1}/{options.epochs}", "steps", enabled=progress)
-        pool = subjects(epoch) if callable(subjects) else subjects
+        pool = on_device(subjects(epoch) if callable(subjects) else subjects)
         k = options.boxes_per_step
         for _ in range(options.steps_per_epoch):
             optimizer.zero_grad(set_to_none=True)
             loss, n = 0.0, 0
             for _ in range(k):  # each part from its own subject; gradients accumulate
                 subject = pool[int(rng.integers(len(pool)))]
-                part_loss, part_n = step_fn(model, subject, atlas, options, rng, 1.0 / k)
+                part_loss, part_n = step_fn(model, subject, atlas_on, options, rng, 1.0 / k)
                 loss, n = loss + part_loss, n + part_n
             if n:
                 if options.clip_grad > 0:
@@ -363,6 +391,9 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
         if improved:  # best first: a crash between the two never leaves `last` ahead of `best`
             _save(best, model, optimizer, atlas, options, result, epoch, metadata)
         _save(last, model, optimizer, atlas, options, result, epoch, metadata)
+        if keep_epochs:
+            (out / "epochs").mkdir(exist_ok=True)
+            _save(out / "epochs" / f"ep{epoch + 1:03d}.safetensors", model, optimizer, atlas, options, result, epoch, metadata)
         done += 1
     return result
 

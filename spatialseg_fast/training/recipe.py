@@ -30,7 +30,7 @@ def template_volume(image: np.ndarray, affine: np.ndarray):
 
 
 def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, metadata, resume, progress, stop_after,
-         val_slabs, template_image=None, stream=None, atlas_maps=None, keep_fc3=False):
+         val_slabs, device, keep_epochs=False, template_image=None, stream=None, atlas_maps=None, keep_fc3=False):
     """train_pairs: (image, labels, name) triples, or None with `stream` (a callable epoch -> list
     of prepared subjects, made for `model`); atlas_maps: the label maps of the ProbBranch atlas
     (default: the training labels)."""
@@ -70,7 +70,7 @@ def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, meta
     meta["subjects"] = {"train": [n for _, _, n in train_pairs] if train_pairs is not None else "stream",
                         "validation": [n for _, _, n in val_pairs]}
     result = train(model, subjects, out_dir, options, atlas=atlas, validate=validate, resume=resume, progress=progress,
-                   metadata=meta, stop_after=stop_after)
+                   metadata=meta, stop_after=stop_after, device=device, keep_epochs=keep_epochs)
     return result
 
 
@@ -93,7 +93,7 @@ def _init_from(model, path) -> None:
 
 
 def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, progress, stop_after, atlas_subjects,
-                init=None):
+                device, keep_epochs=False, init=None):
     from ..datasets import label_table, load_source, template_grid
     from ..datasets.variability import Variability
     from .stream import SubjectPool, wide_cohort
@@ -128,20 +128,26 @@ def _train_wide(out_dir, options, *, preset, seed, n_val, val_slabs, resume, pro
         meta["init"] = str(init)
     return _run(model, None, [(s.image, s.labels, s.name) for s in val], out_dir, options, grid=grid, spacing=spacing,
                 metadata=meta, resume=resume, progress=progress, stop_after=stop_after, val_slabs=val_slabs,
-                template_image=base.image, stream=pool, atlas_maps=atlas_maps, keep_fc3=init is not None)
+                device=device, keep_epochs=keep_epochs, template_image=base.image, stream=pool, atlas_maps=atlas_maps, keep_fc3=init is not None)
 
 
 def train_default(out_dir, options: TrainOptions | None = None, *, preset: str = "full", seed: int = 0,
                   n_train: int = 10, n_val: int = 5, val_slabs: int = 6, resume: bool = False, progress: bool = True,
-                  stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS, init=None):
+                  stop_after: int | None = None, atlas_subjects: int = ATLAS_SUBJECTS, init=None, device="auto",
+                  keep_epochs: bool = False):
     """The shipped model's recipe: `preset` with the 135 Neuromorphometrics classes, on CAT12
     pseudo-subjects. ``options.cohort == "wide"``: a stream of fresh subjects
     of the wide distribution (training/stream.py), the atlas from `atlas_subjects` more, validated
     on `n_val` wide subjects; "paper": the paper's split (10 training subjects, datasets.paper_split).
     init: a model file of the same preset to start from (wide only; e.g. the shipped weights).
+    device: where to train ("auto": a CUDA GPU when there is one); keep_epochs: keep every epoch's
+    checkpoint in ``out_dir/epochs/`` (both as in ``loop.train``).
     Checkpoints in `out_dir` (best.safetensors is the model to use)."""
     from ..datasets import label_table, template_grid
     from ..datasets.cohort import SPLIT, make_cohort, load_source
+    from ..inference import resolve_device
+
+    device = resolve_device(device)  # a bad device fails now, not after minutes of data preparation
 
     if resume and options is None:
         from .loop import saved_options
@@ -150,7 +156,8 @@ def train_default(out_dir, options: TrainOptions | None = None, *, preset: str =
     options = options or TrainOptions()
     if options.cohort == "wide":
         return _train_wide(out_dir, options, preset=preset, seed=seed, n_val=n_val, val_slabs=min(val_slabs, 4), resume=resume,
-                           progress=progress, stop_after=stop_after, atlas_subjects=atlas_subjects, init=init)
+                           progress=progress, stop_after=stop_after, atlas_subjects=atlas_subjects, init=init,
+                           device=device, keep_epochs=keep_epochs)
     values, names = label_table()
     model = build_model(preset, len(values), seed=seed, intensity_reference="brain_median", label_values=values,
                         label_names=names)
@@ -162,17 +169,21 @@ def train_default(out_dir, options: TrainOptions | None = None, *, preset: str =
     return _run(model, [(s.image, s.labels, s.name) for s in train_set], [(s.image, s.labels, s.name) for s in val_set],
                 out_dir, options, grid=grid, spacing=spacing,
                 metadata={"data": f"cohort seed {seed}", "license": LICENSE_NOTE}, resume=resume, progress=progress,
-                stop_after=stop_after, val_slabs=val_slabs, template_image=base.image)
+                stop_after=stop_after, val_slabs=val_slabs, device=device, keep_epochs=keep_epochs,
+                template_image=base.image)
 
 
 def train_on_folders(images, labels, out_dir, options: TrainOptions | None = None, *, preset: str = "full",
                      seed: int = 0, val_fraction: float = 0.2, val_slabs: int = 6, resume: bool = False,
-                     progress: bool = True, stop_after: int | None = None):
+                     progress: bool = True, stop_after: int | None = None, device="auto", keep_epochs: bool = False):
     """Train on your own scans: NIfTI images in `images` and label maps in `labels`, matched by
     file name, all on one grid (e.g. affinely registered to one template and resampled), skull-
     stripped (0 outside the brain). The classes are 0 plus every label value found; the last
-    `val_fraction` of the pairs (by name) validate."""
+    `val_fraction` of the pairs (by name) validate. device, keep_epochs: as in :func:`train_default`."""
+    from ..inference import resolve_device
     from ..volume import NIFTI_SUFFIXES, load_label_map
+
+    device = resolve_device(device)
 
     import nibabel as nib
 
@@ -209,7 +220,7 @@ def train_on_folders(images, labels, out_dir, options: TrainOptions | None = Non
     spacing = tuple(float(s) for s in np.linalg.norm(grid[1][:3, :3], axis=0))
     return _run(model, pairs[: len(pairs) - n_val], pairs[len(pairs) - n_val :], out_dir, options, grid=grid,
                 spacing=spacing, metadata={"data": f"{images} + {labels}"}, resume=resume, progress=progress,
-                stop_after=stop_after, val_slabs=val_slabs)
+                stop_after=stop_after, val_slabs=val_slabs, device=device, keep_epochs=keep_epochs)
 
 
 def export_default(checkpoint, dst=None, card: dict | None = None):

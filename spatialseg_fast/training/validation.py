@@ -17,13 +17,21 @@ from .dense import SlabStep
 
 
 def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6, slab: int = 2, precision: str = "fp32") -> float:
+    """Mean Dice over the classes present, pooled over `slabs` evenly spaced slabs of `slab`
+    slices per subject, on the model's device (subjects and atlas are moved there per call)."""
     L = model.num_classes
-    inter = torch.zeros(L, dtype=torch.float64)
-    total = torch.zeros(L, dtype=torch.float64)
+    dev = next(model.parameters()).device
+    inter = torch.zeros(L, dtype=torch.float64, device=dev)
+    total = torch.zeros(L, dtype=torch.float64, device=dev)
+    if atlas is not None and dev.type != "cpu":
+        atlas = atlas.to(dev)
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(dev.type, enabled=False)
     was_training = model.training
     model.eval()
     try:
         for subject in subjects:
+            if dev.type != "cpu":
+                subject = subject.to(dev)
             mask_p = subject.mask_p
             slices = mask_p.flatten(1).any(1).nonzero().flatten()
             lo, hi = int(slices.min()), int(slices.max()) + 1
@@ -32,7 +40,6 @@ def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6
                 step = SlabStep(model, subject.source, mask_p, w0, w0 + slab, atlas=atlas)
                 if len(step) == 0:
                     continue
-                ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
                 with ctx:
                     pred = step.logits().argmax(1)
                 xyz = step.xyz
@@ -41,6 +48,7 @@ def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6
                 total += torch.bincount(truth, minlength=L).double() + torch.bincount(pred, minlength=L).double()
     finally:
         model.train(was_training)
+    inter, total = inter.cpu(), total.cpu()
     present = total[1:] > 0
     if not bool(present.any()):
         return math.nan
