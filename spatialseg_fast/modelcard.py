@@ -53,6 +53,9 @@ def card(path) -> dict:
     if extra.get("averaged_from"):
         names = [PurePath(str(p)).name for p in extra["averaged_from"]]
         out["averaged"] = f"the mean of the weights of {len(names)} checkpoints ({', '.join(names)})"
+    if extra.get("prior_scale") is not None and float(extra["prior_scale"]) != 1.0:
+        out["prior scale"] = (f"ProbBranch logits x {float(extra['prior_scale']):g} after training "
+                              "(chosen on validation subjects: training/prior_scale.py)")
     if extra.get("init"):
         out["start"] = f"from the weights of {extra['init']}"
     for key in ("hardware", "heldout", "test"):

@@ -47,6 +47,9 @@ def test_write_scaled_records_the_scale_and_refuses_bad_input(tmp_path):
     for name, value in m.state_dict().items():  # nothing else changes
         if not name.startswith("prob.layers.2"):
             assert torch.equal(value, b.state_dict()[name]), name
+    from spatialseg_fast.modelcard import card
+
+    assert "x 0.25" in card(twice)["prior scale"] and "prior scale" not in card(src)
     with pytest.raises(ValueError, match="new file"):
         write_scaled(src, src, 0.5)
     with pytest.raises(ValueError, match=">= 0"):
