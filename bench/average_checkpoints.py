@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("out")
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--val", type=int, default=3, help="validation subjects (default 3)")
-    parser.add_argument("--slabs", type=int, default=6, help="slabs per subject (default 6, as training)")
+    parser.add_argument("--slabs", type=int, default=6, help="slabs per subject (default 6; a wide run validates its epochs on 4)")
     args = parser.parse_args(argv)
     average_checkpoints(args.checkpoints, args.out)
     avg = load_model(args.out)

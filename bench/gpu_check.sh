@@ -12,3 +12,7 @@ rm -rf "$site/spatialseg_fast/kernels" && cp -r kernels "$site/spatialseg_fast/k
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1 SPATIALSEG_DISABLE_EXT=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
 python3 bench/gpu_check.py 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"
+# the CUDA training tests (skipped on CPUs), where the machine has pytest
+if python3 -c "import pytest" 2>/dev/null; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k "gpu or device" 2>&1 | tee -a "${OUT:-/tmp}/gpu_check.log"
+fi

@@ -30,7 +30,8 @@ def main(argv=None):
     parser.add_argument("model")
     parser.add_argument("--factors", type=float, nargs="*", default=[1.0, 0.8, 0.7, 0.6, 0.5])
     parser.add_argument("--val", type=int, default=3, help="validation subjects (default 3)")
-    parser.add_argument("--slabs", type=int, default=6, help="slabs per subject (default 6, as training)")
+    parser.add_argument("--slabs", type=int, default=6,
+                        help="slabs per subject (default 6, as bench/average_checkpoints.py; a wide run validates on 4)")
     parser.add_argument("--write", nargs=2, metavar=("F", "OUT"), help="write the model scaled by F to OUT")
     args = parser.parse_args(argv)
     model = load_model(args.model)

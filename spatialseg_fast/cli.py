@@ -762,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--images", help="your own scans: a folder of NIfTI images (all on one grid, skull-stripped)")
     tr.add_argument("--labels", help="... and a folder of their label maps, matched by file name")
     tr.add_argument("--resume", action="store_true",
-                    help="continue from OUT/last.safetensors with the run's saved options (other training flags are ignored)")
+                    help="continue from OUT/last.safetensors with the run's saved options (the other training flags "
+                    "are ignored, except --device, --stop-after, --keep-epochs and --quiet)")
     tr.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later with --resume)")
     tr.add_argument("--keep-epochs", action="store_true",
                     help="also keep every epoch's checkpoint in OUT/epochs/ (to average late epochs; give it again "

@@ -168,6 +168,19 @@ def _matmul_tf32(allowed: bool):
 
 
 @contextmanager
+def cuda_scope(device: torch.device, *, tf32: bool, benchmark: bool = False):
+    """Run a block on `device`: on CUDA, with it as the current device (Triton kernels launch on
+    the current one) and TF32 allowed in convolutions and matrix products only if `tf32` (off for
+    fp32 logits equal to the CPU's); nothing on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device), _matmul_tf32(tf32), \
+            torch.backends.cudnn.flags(enabled=True, benchmark=benchmark, deterministic=False, allow_tf32=tf32):
+        yield
+
+
+@contextmanager
 def _threads(n: int | None):
     if n is None:
         yield
@@ -331,12 +344,8 @@ class DenseEngine:
         probabilities = _check_probabilities(self.model, probabilities)
         with contextlib.ExitStack() as scope:
             scope.enter_context(_threads(self.threads))
-            if self.device.type == "cuda":
-                scope.enter_context(torch.cuda.device(self.device))  # Triton launches on the current device
-                # cuDNN autotuning for the constant tile shapes; no TF32 in fp32 (same logits as the CPU)
-                scope.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=self.fixed_shapes,
-                                                               deterministic=False, allow_tf32=self.dtype != torch.float32))
-                scope.enter_context(_matmul_tf32(self.dtype != torch.float32))
+            # cuDNN autotuning for the constant tile shapes; no TF32 in fp32 (same logits as the CPU)
+            scope.enter_context(cuda_scope(self.device, tf32=self.dtype != torch.float32, benchmark=self.fixed_shapes))
             try:
                 return self._run(source, mask, atlas, probabilities, progress, return_logits)
             finally:

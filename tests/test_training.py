@@ -1,5 +1,7 @@
 """Training: the dense-mode forward equals the patch form, steps reduce the loss, resume reproduces
 uninterrupted training, checkpoints are complete and broken ones give clear errors."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,12 @@ from spatialseg_fast.datasets.atlas import build_atlas
 from spatialseg_fast.inference import prepare_source
 from spatialseg_fast.training.data import class_indices, prepare_subject
 from spatialseg_fast.training.dense import SlabStep
-from spatialseg_fast.training.loop import TrainOptions, poly_lr, train
+from spatialseg_fast.training.loop import TrainOptions, poly_lr
+from spatialseg_fast.training.loop import train as train_on
+
+# the CPU unless a test says otherwise: resuming is bitwise exact there (a GPU's backward sums in
+# a nondeterministic order), and the tests compare with CPU tensors
+train = functools.partial(train_on, device="cpu")
 from spatialseg_fast.training.validation import slab_dice
 
 from test_segment import SPACING, patch_logits64, random_case
@@ -360,6 +367,12 @@ def test_training_on_a_gpu_follows_the_cpu_run_and_resumes_across_devices(mode, 
     train(mixed, subjects, tmp_path / "mixed", options, atlas=atlas, progress=False, device="cpu", stop_after=1)
     c = train(mixed, subjects, tmp_path / "mixed", None, atlas=atlas, progress=False, resume=True, device="cuda")
     assert [r.epoch for r in c.history] == [0, 1] and np.isfinite(c.history[-1].loss)
+    # stopped and resumed on the GPU: the uninterrupted GPU run's weights, up to the order of sums
+    again = toy_model()
+    train(again, subjects, tmp_path / "again", options, atlas=atlas, progress=False, device="cuda", stop_after=1)
+    train(again, subjects, tmp_path / "again", None, atlas=atlas, progress=False, resume=True, device="cuda")
+    for (name, x), y in zip(gpu.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_train_command_rejects_a_bad_device_before_any_work(tmp_path, capsys):

@@ -14,7 +14,7 @@ momentum 0.9 and an L2 penalty (weight decay), the poly learning-rate policy upd
 
 Each epoch draws its subjects, slabs/centres and dropout masks from generators seeded by (seed,
 epoch), so resuming after an interruption at an epoch boundary reproduces uninterrupted training
-exactly. Checkpoints are written atomically after every epoch: ``last.safetensors`` (weights,
+exactly on a CPU (on a GPU closely: its backward sums in a nondeterministic order). Checkpoints are written atomically after every epoch: ``last.safetensors`` (weights,
 atlas, configuration, optimizer state, history) and ``best.safetensors`` (best validation Dice).
 """
 from __future__ import annotations
@@ -235,9 +235,11 @@ def _patch_step(model, subject: TrainSubject, atlas, options, rng, weight: float
 
 
 def _save(path: Path, model, optimizer, atlas, options, result: TrainResult, epoch: int, metadata: dict) -> None:
-    state = {f"optim.{i}.{key}": value.detach().reshape(-1) if value.ndim == 0 else value
-             for i, p in enumerate(model.parameters()) for key, value in optimizer.state.get(p, {}).items()
-             if isinstance(value, torch.Tensor)}
+    """A checkpoint; optimizer None: the weights and the record without the optimizer's state."""
+    state = {} if optimizer is None else {
+        f"optim.{i}.{key}": value.detach().reshape(-1) if value.ndim == 0 else value
+        for i, p in enumerate(model.parameters()) for key, value in optimizer.state.get(p, {}).items()
+        if isinstance(value, torch.Tensor)}
     meta = dict(metadata)
     meta["training"] = {
         "epoch": epoch,
@@ -313,11 +315,12 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
     device: "auto" (the first CUDA GPU when there is one, else the CPU), "cpu" or "cuda[:N]". The
         model is moved there and trained there; checkpoints are written from the CPU as always, so a
         run started on one device resumes on another. The subjects' and position-dropout draws come
-        from the same CPU generators on every device.
-    keep_epochs: also keep every epoch's checkpoint as ``out_dir/epochs/epNNN.safetensors`` (for
-        averaging late epochs, ``training.average``; ~30 MB each for the full preset).
+        from the same CPU generators on every device. "fp32" is float32 there too (no TF32).
+    keep_epochs: also keep every epoch's weights as ``out_dir/epochs/epNNN.safetensors`` (for
+        averaging late epochs, ``training.average``; without the optimizer's state, ~20 MB each for
+        the full preset with its atlas).
     """
-    from ..inference import resolve_device
+    from ..inference import cuda_scope, resolve_device
 
     dev = resolve_device(device)
     out = Path(out_dir)
@@ -347,54 +350,56 @@ def train(model: SpatialSegNet, subjects, out_dir, options: TrainOptions | None 
     on_device = _OnDevice(dev)
     atlas_on = atlas.to(dev) if atlas is not None and dev.type != "cpu" else atlas  # `atlas` itself is saved
     done = 0
-    for epoch in range(start, options.epochs):
-        if stop_after is not None and done >= stop_after:
-            break
-        lr = poly_lr(options, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        rng = np.random.default_rng((options.seed, epoch))
-        torch.manual_seed(options.seed * 1_000_003 + epoch)  # dropout masks
-        model.train()
-        t0, losses, samples = time.perf_counter(), [], 0
-        bar = Progress(options.steps_per_epoch, f"epoch {epoch + 1}/{options.epochs}", "steps", enabled=progress)
-        pool = on_device(subjects(epoch) if callable(subjects) else subjects)
-        k = options.boxes_per_step
-        for _ in range(options.steps_per_epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss, n = 0.0, 0
-            for _ in range(k):  # each part from its own subject; gradients accumulate
-                subject = pool[int(rng.integers(len(pool)))]
-                part_loss, part_n = step_fn(model, subject, atlas_on, options, rng, 1.0 / k)
-                loss, n = loss + part_loss, n + part_n
-            if n:
-                if options.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip_grad)
-                optimizer.step()
-                losses.append(loss)
-                samples += n
-            bar.update(postfix=f"loss {np.mean(losses[-10:]) if losses else math.nan:.3f}  "
-                               f"{samples / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
-        bar.close()
-        model.eval()
-        record = EpochRecord(epoch=epoch, lr=lr, loss=float(np.mean(losses)) if losses else math.nan, samples=samples,
-                             seconds=time.perf_counter() - t0)
-        record.val_dice = float(validate(model)) if validate is not None else math.nan
-        result.history.append(record)
-        improved = validate is None or record.val_dice > result.best_dice
-        if improved:
-            result.best_epoch, result.best_dice = epoch, (record.val_dice if validate is not None else result.best_dice)
-        if progress:
-            print(f"epoch {epoch + 1}: loss {record.loss:.4f}, {record.samples_per_second:,.0f} samples/s"
-                  + (f", validation Dice {record.val_dice:.4f}" if validate is not None else "")
-                  + (" (best)" if improved else ""), flush=True)
-        if improved:  # best first: a crash between the two never leaves `last` ahead of `best`
-            _save(best, model, optimizer, atlas, options, result, epoch, metadata)
-        _save(last, model, optimizer, atlas, options, result, epoch, metadata)
-        if keep_epochs:
-            (out / "epochs").mkdir(exist_ok=True)
-            _save(out / "epochs" / f"ep{epoch + 1:03d}.safetensors", model, optimizer, atlas, options, result, epoch, metadata)
-        done += 1
+    with cuda_scope(dev, tf32=options.precision != "fp32"):  # fp32 means fp32 on a GPU too
+        for epoch in range(start, options.epochs):
+            if stop_after is not None and done >= stop_after:
+                break
+            lr = poly_lr(options, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rng = np.random.default_rng((options.seed, epoch))
+            torch.manual_seed(options.seed * 1_000_003 + epoch)  # dropout masks
+            model.train()
+            t0, losses, samples = time.perf_counter(), [], 0
+            bar = Progress(options.steps_per_epoch, f"epoch {epoch + 1}/{options.epochs}", "steps", enabled=progress)
+            pool = on_device(subjects(epoch) if callable(subjects) else subjects)
+            k = options.boxes_per_step
+            for _ in range(options.steps_per_epoch):
+                optimizer.zero_grad(set_to_none=True)
+                loss, n = 0.0, 0
+                for _ in range(k):  # each part from its own subject; gradients accumulate
+                    subject = pool[int(rng.integers(len(pool)))]
+                    part_loss, part_n = step_fn(model, subject, atlas_on, options, rng, 1.0 / k)
+                    loss, n = loss + part_loss, n + part_n
+                if n:
+                    if options.clip_grad > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip_grad)
+                    optimizer.step()
+                    losses.append(loss)
+                    samples += n
+                bar.update(postfix=f"loss {np.mean(losses[-10:]) if losses else math.nan:.3f}  "
+                                   f"{samples / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
+            bar.close()
+            model.eval()
+            record = EpochRecord(epoch=epoch, lr=lr, loss=float(np.mean(losses)) if losses else math.nan, samples=samples,
+                                 seconds=time.perf_counter() - t0)
+            record.val_dice = float(validate(model)) if validate is not None else math.nan
+            result.history.append(record)
+            improved = validate is None or record.val_dice > result.best_dice
+            if improved:
+                result.best_epoch, result.best_dice = epoch, (record.val_dice if validate is not None else result.best_dice)
+            if progress:
+                print(f"epoch {epoch + 1}: loss {record.loss:.4f}, {record.samples_per_second:,.0f} samples/s"
+                      + (f", validation Dice {record.val_dice:.4f}" if validate is not None else "")
+                      + (" (best)" if improved else ""), flush=True)
+            if keep_epochs:  # before `last`: a crash between the two never leaves a gap in the kept epochs
+                (out / "epochs").mkdir(exist_ok=True)
+                _save(out / "epochs" / f"ep{epoch + 1:03d}.safetensors", model, None, atlas, options, result, epoch,
+                      metadata)
+            if improved:  # best first: a crash between the two never leaves `last` ahead of `best`
+                _save(best, model, optimizer, atlas, options, result, epoch, metadata)
+            _save(last, model, optimizer, atlas, options, result, epoch, metadata)
+            done += 1
     return result
 
 

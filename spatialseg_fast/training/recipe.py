@@ -61,10 +61,12 @@ def _run(model, train_pairs, val_pairs, out_dir, options, *, grid, spacing, meta
         subjects = stream
     else:
         subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in train_pairs]
-    val_subjects = [prepare_subject(model, img, lab, spacing, name) for img, lab, name in val_pairs]
+    # validation subjects live on the training device (moved once; slab_dice would copy them per epoch)
+    val_subjects = [prepare_subject(model, img, lab, spacing, name).to(device) for img, lab, name in val_pairs]
+    val_atlas = atlas.to(device) if atlas is not None else None
     validate = None
     if val_subjects:
-        validate = lambda m: slab_dice(m, val_subjects, atlas, slabs=val_slabs, precision=options.precision)
+        validate = lambda m: slab_dice(m, val_subjects, val_atlas, slabs=val_slabs, precision=options.precision)
     meta = dict(metadata)
     meta["template"] = {"shape": list(grid[0]), "affine": np.asarray(grid[1]).tolist()}
     meta["subjects"] = {"train": [n for _, _, n in train_pairs] if train_pairs is not None else "stream",

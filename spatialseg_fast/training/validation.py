@@ -12,40 +12,43 @@ import math
 
 import torch
 
+from ..inference import cuda_scope
 from .data import TrainSubject
 from .dense import SlabStep
 
 
 def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6, slab: int = 2, precision: str = "fp32") -> float:
     """Mean Dice over the classes present, pooled over `slabs` evenly spaced slabs of `slab`
-    slices per subject, on the model's device (subjects and atlas are moved there per call)."""
+    slices per subject, on the model's device (subjects and atlas not already there are copied
+    there for the call)."""
     L = model.num_classes
     dev = next(model.parameters()).device
     inter = torch.zeros(L, dtype=torch.float64, device=dev)
     total = torch.zeros(L, dtype=torch.float64, device=dev)
-    if atlas is not None and dev.type != "cpu":
+    if atlas is not None:
         atlas = atlas.to(dev)
     ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(dev.type, enabled=False)
     was_training = model.training
     model.eval()
     try:
-        for subject in subjects:
-            if dev.type != "cpu":
-                subject = subject.to(dev)
-            mask_p = subject.mask_p
-            slices = mask_p.flatten(1).any(1).nonzero().flatten()
-            lo, hi = int(slices.min()), int(slices.max()) + 1
-            for k in range(slabs):
-                w0 = max(lo, lo + (hi - lo - slab) * (2 * k + 1) // (2 * slabs))
-                step = SlabStep(model, subject.source, mask_p, w0, w0 + slab, atlas=atlas)
-                if len(step) == 0:
-                    continue
-                with ctx:
-                    pred = step.logits().argmax(1)
-                xyz = step.xyz
-                truth = subject.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
-                inter += torch.bincount(truth[pred == truth], minlength=L).double()
-                total += torch.bincount(truth, minlength=L).double() + torch.bincount(pred, minlength=L).double()
+        with cuda_scope(dev, tf32=precision != "fp32"):  # fp32 as on the CPU (no TF32)
+            for subject in subjects:
+                if dev.type != "cpu":
+                    subject = subject.to(dev)
+                mask_p = subject.mask_p
+                slices = mask_p.flatten(1).any(1).nonzero().flatten()
+                lo, hi = int(slices.min()), int(slices.max()) + 1
+                for k in range(slabs):
+                    w0 = max(lo, lo + (hi - lo - slab) * (2 * k + 1) // (2 * slabs))
+                    step = SlabStep(model, subject.source, mask_p, w0, w0 + slab, atlas=atlas)
+                    if len(step) == 0:
+                        continue
+                    with ctx:
+                        pred = step.logits().argmax(1)
+                    xyz = step.xyz
+                    truth = subject.target[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
+                    inter += torch.bincount(truth[pred == truth], minlength=L).double()
+                    total += torch.bincount(truth, minlength=L).double() + torch.bincount(pred, minlength=L).double()
     finally:
         model.train(was_training)
     inter, total = inter.cpu(), total.cpu()
