@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "are ignored, except --device, --stop-after, --keep-epochs and --quiet)")
     tr.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later with --resume)")
     tr.add_argument("--keep-epochs", action="store_true",
-                    help="also keep every epoch's checkpoint in OUT/epochs/ (to average late epochs; give it again "
+                    help="also keep every epoch's weights in OUT/epochs/ (to average late epochs; give it again "
                     "with --resume)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
