@@ -14,8 +14,9 @@ momentum 0.9 and an L2 penalty (weight decay), the poly learning-rate policy upd
 
 Each epoch draws its subjects, slabs/centres and dropout masks from generators seeded by (seed,
 epoch), so resuming after an interruption at an epoch boundary reproduces uninterrupted training
-exactly on a CPU (on a GPU closely: its backward sums in a nondeterministic order). Checkpoints are written atomically after every epoch: ``last.safetensors`` (weights,
-atlas, configuration, optimizer state, history) and ``best.safetensors`` (best validation Dice).
+exactly on a CPU (on a GPU closely: its backward sums in a nondeterministic order). Checkpoints
+are written atomically after every epoch: ``last.safetensors`` (weights, atlas, configuration,
+optimizer state, history) and ``best.safetensors`` (best validation Dice).
 """
 from __future__ import annotations
 
