@@ -244,8 +244,19 @@ def _demo_segment(shape, seed: int) -> None:
           f" dense is {(n / dense_s) / (len(picks) / patch_s):.0f}x faster")
 
 
+def _map_stem(path: Path) -> str:
+    """A label map's subject name: the file name without .nii/.nii.gz/.npy."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npy"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def _pairs(pred: Path, ref: Path):
-    """[(subject, pred file, ref file)]: two files, or two folders matched by file name."""
+    """[(subject, pred file, ref file)]: two files, or two folders matched by subject name (the file
+    name without its extension; a prediction <name>_labels, as `spatialseg segment` writes it, also
+    matches the reference <name>)."""
     from spatialseg_fast.volume import NIFTI_SUFFIXES
 
     if pred.is_dir() != ref.is_dir():
@@ -253,13 +264,25 @@ def _pairs(pred: Path, ref: Path):
     if not pred.is_dir():
         return [(pred.name, pred, ref)]
     ok = lambda p: p.is_file() and (p.name.lower().endswith(NIFTI_SUFFIXES) or p.name.lower().endswith(".npy"))
-    preds = {p.name: p for p in sorted(pred.iterdir()) if ok(p)}
-    refs = {p.name: p for p in sorted(ref.iterdir()) if ok(p)}
+
+    def by_stem(folder: Path) -> dict:
+        found = {}
+        for p in sorted(folder.iterdir()):
+            if ok(p):
+                if _map_stem(p) in found:
+                    raise ValueError(f"{folder}: {found[_map_stem(p)].name} and {p.name} name the same subject")
+                found[_map_stem(p)] = p
+        return found
+
+    preds, refs = by_stem(pred), by_stem(ref)
+    for stem in [s for s in preds if s.endswith("_labels") and s not in refs and s[: -len("_labels")] in refs]:
+        preds[stem[: -len("_labels")]] = preds.pop(stem)
     common = sorted(set(preds) & set(refs))
     if not common:
-        raise ValueError(f"no file name is in both {pred} and {ref}")
+        raise ValueError(f"no subject name is in both {pred} and {ref} (files are matched by name without "
+                         ".nii/.nii.gz/.npy; a prediction <name>_labels matches <name>)")
     for name in sorted(set(preds) ^ set(refs)):
-        print(f"spatialseg evaluate: {name} is in only one folder; skipped", file=sys.stderr)
+        print(f"spatialseg evaluate: {(preds.get(name) or refs[name]).name} is in only one folder; skipped", file=sys.stderr)
     return [(name, preds[name], refs[name]) for name in common]
 
 
@@ -286,34 +309,77 @@ def _cmd_labels(args) -> int:
     return 0
 
 
+def _finite_or_text(value):
+    """JSON has no inf/nan: non-finite metric values are written as the strings "inf"/"nan"
+    (float() reads them back), so every JSON parser accepts the file."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _label_names(model: str | None) -> dict:
+    """{label: name} from --model (an error when it cannot be read) or the default model (a warning:
+    the names only decorate the table)."""
+    from spatialseg_fast.model.io import default_model_path, read_config
+
+    if model:
+        return read_config(model)[0].label_table()
+    try:
+        path = default_model_path()
+        return read_config(path)[0].label_table() if path else {}
+    except (ValueError, OSError) as exc:
+        print(f"spatialseg evaluate: warning: labels left unnamed ({exc})", file=sys.stderr)
+        return {}
+
+
 def _cmd_evaluate(args) -> int:
     import json
 
     import numpy as np
 
-    from spatialseg_fast.metrics import evaluate
+    from spatialseg_fast.metrics import _check_metrics, _left_out, evaluate, grid_difference
     from spatialseg_fast.volume import load_label_map
 
-    from spatialseg_fast.model.io import default_model_path, read_config
+    def fail(msg: str) -> int:
+        print(f"spatialseg evaluate: error: {msg}", file=sys.stderr)
+        return 2
 
     try:
+        _check_metrics(args.metrics)
+        if args.spacing is not None and (len(args.spacing) not in (1, 2, 3) or min(args.spacing) <= 0):
+            raise ValueError(f"--spacing takes 1 (isotropic), 2 or 3 positive voxel sizes in mm; got {args.spacing}")
+        for path, what in ((args.csv, "--csv"), (args.json, "--json")):
+            if path:
+                _writable_file(path, what)
         pairs = _pairs(Path(args.pred), Path(args.ref))
-        model_path = args.model or default_model_path()
-        names = read_config(model_path)[0].label_table() if model_path else {}
-    except ValueError as exc:
-        print(f"spatialseg evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        names = _label_names(args.model)
+    except (ValueError, OSError) as exc:
+        return fail(str(exc))
     rows, failed, tables = [], 0, []
     for subject, p, r in pairs:
+        where = f"{subject}: " if len(pairs) > 1 else ""
         try:
             pv, rv = load_label_map(p), load_label_map(r)
-            if pv.data.ndim == 2 or args.spacing:  # no affine to read (or overridden)
-                table = evaluate(pv.data, rv.data, spacing=args.spacing, labels=args.labels, metrics=args.metrics,
-                                 names=names or None)
+            why = grid_difference(pv.shape, pv.affine, rv.shape, rv.affine)
+            if why and (args.spacing is None or pv.shape != rv.shape):
+                raise ValueError(f"{p.name} and {r.name} are on different grids: {why}; resample one onto the other first")
+            if why:  # --spacing given: the user vouches for the grid, but hear about it
+                print(f"spatialseg evaluate: warning: {where}{why}; compared voxel by voxel with --spacing", file=sys.stderr)
+            ndim = pv.data.ndim
+            if args.spacing is None:
+                spacing = pv.spacing[:ndim]
+            elif len(args.spacing) == 1:
+                spacing = tuple(args.spacing) * ndim
+            elif len(args.spacing) == ndim:
+                spacing = tuple(args.spacing)
             else:
-                table = evaluate(pv, rv, labels=args.labels, metrics=args.metrics, names=names or None)
+                raise ValueError(f"--spacing gives {len(args.spacing)} voxel sizes for a {ndim}D map")
+            table = evaluate(pv.data, rv.data, spacing=spacing, labels=args.labels, metrics=args.metrics,
+                             names=names or None)
         except (ValueError, RuntimeError) as exc:
-            print(f"spatialseg evaluate: {subject}: error: {exc}", file=sys.stderr)
+            print(f"spatialseg evaluate: {where}error: {exc}", file=sys.stderr)
             failed += 1
             continue
         tables.append((subject, table))
@@ -327,8 +393,8 @@ def _cmd_evaluate(args) -> int:
         summary = []
         for m in metrics:
             v = np.array([row[m] for row in rows], dtype=float)
-            v = v[np.isfinite(v)]
-            summary.append(f"{m} {v.mean():.4g} +- {v.std():.3g}" if len(v) else f"{m} nan")
+            kept = v[np.isfinite(v)]
+            summary.append((f"{m} {kept.mean():.4g} +- {kept.std():.3g}" if len(kept) else f"{m} -") + _left_out(v))
         print(f"all {len(tables)} subjects, {len(rows)} label rows:  " + "  ".join(summary))
     if args.csv and rows:
         import csv
@@ -339,7 +405,7 @@ def _cmd_evaluate(args) -> int:
             w.writerows(rows)
     if args.json and rows:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1, default=float)
+            json.dump([{k: _finite_or_text(v) for k, v in row.items()} for row in rows], f, indent=1, default=float)
     return 1 if failed else 0
 
 
@@ -413,6 +479,14 @@ def _writable_file(path, what: str, will_create=None) -> None:
         raise ValueError(f"{what} {path}: the folder {folder} is not writable")
 
 
+def _label_list(text: str, option: str) -> list[int]:
+    """'47,48' -> [47, 48], or a ValueError that names the option."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated label values such as 47,48; got {text!r}") from None
+
+
 def _check_device(device: str, threads) -> None:
     import re
 
@@ -454,7 +528,10 @@ def _cmd_segment(args) -> int:
     try:
         inputs = _inputs(args.inputs)
         out, single_file = _output_place(args.output, len(inputs))
-        probabilities = [int(v) for v in args.probabilities.split(",")] if args.probabilities else None
+        probabilities = _label_list(args.probabilities, "--probabilities") if args.probabilities else None
+        missing = [str(p) for p in inputs if not p.is_file()]
+        if len(missing) == len(inputs):  # nothing to do: say so before loading a model (a cohort reports each one)
+            raise ValueError(f"{', '.join(missing)}: no such file")
         stems = [_subject_stem(p) for p in inputs]
         repeated = sorted({x for x in stems if stems.count(x) > 1})
         if repeated:
@@ -462,6 +539,8 @@ def _cmd_segment(args) -> int:
                              "rename them or run them into separate output folders")
         if args.mask and len(inputs) != 1:
             raise ValueError("--mask goes with a single input image")
+        if args.mask and not Path(args.mask).is_file():
+            raise ValueError(f"--mask {args.mask}: no such file")
         qc_file = None
         if args.qc:
             if args.qc.lower().endswith(".png"):
@@ -469,6 +548,8 @@ def _cmd_segment(args) -> int:
                     raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
                 _writable_file(args.qc, "--qc", will_create=out)
                 qc_file = Path(args.qc)
+            elif Path(args.qc).suffix.lower() in (".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".svg", ".pdf", ".webp"):
+                raise ValueError(f"--qc {args.qc}: the pictures are PNG; give X.png (one input) or a folder")
             elif Path(args.qc).exists() and not Path(args.qc).is_dir():
                 raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
         _check_device(args.device, args.threads)
@@ -622,27 +703,35 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto (default): bf16 on CUDA or a CPU with bf16 units, else fp32 (the exact mode)")
     demo.add_argument("--kernels", action="store_true", help="the kernel demo on synthetic volumes instead")
     demo.add_argument("--n", type=int, default=4096, help="--kernels: patch centres (default 4096)")
-    demo.add_argument("--shape", type=int, nargs=3, default=[182, 218, 182], metavar=("D", "H", "W"))
+    demo.add_argument("--shape", type=int, nargs=3, default=[182, 218, 182], metavar=("D", "H", "W"),
+                      help="--kernels: synthetic volume for the patch and landmark kernels (default 182 218 182)")
     demo.add_argument("--segment-shape", type=int, nargs=3, default=[96, 96, 96], metavar=("D", "H", "W"),
                       help="--kernels: volume for the dense-vs-per-patch comparison (default 96 96 96)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="--kernels: seed of the synthetic volumes (default 0)")
     demo.set_defaults(func=_cmd_demo)
 
     ev = sub.add_parser(
         "evaluate",
         help="Dice, Hausdorff, HD95, MSD, ASSD per label of predicted vs reference label maps",
         description="Compare a predicted label map with a reference (NIfTI .nii/.nii.gz or .npy), or two "
-        "folders of them matched by file name, and print a per-label table (definitions: "
-        "spatialseg_fast.metrics). Spacing comes from the NIfTI affine (1 mm for .npy unless --spacing).",
+        "folders of them matched by subject name (file name without .nii/.nii.gz/.npy; a prediction "
+        "<name>_labels, as `spatialseg segment` writes it, matches <name>), and print a per-label table "
+        "(definitions: spatialseg_fast.metrics; distances in mm). Both maps must share a grid (shape and affine). "
+        "Spacing comes from the NIfTI affine, 2D maps included (1 mm for .npy unless --spacing). Put options "
+        "after PRED and REF (--labels and --metrics take several values). A structure missing from one map has "
+        "an infinite distance: summary means leave it out and say how many they left out.",
     )
     ev.add_argument("pred", help="predicted label map, or a folder of them")
-    ev.add_argument("ref", help="reference label map, or a folder of them (matched by file name)")
+    ev.add_argument("ref", help="reference label map, or a folder of them (matched by subject name)")
     ev.add_argument("--labels", type=int, nargs="+", help="labels to report (default: every non-zero label present)")
     ev.add_argument("--metrics", nargs="+", default=["dice", "hausdorff", "hd95", "msd", "assd"],
                     help="dice hausdorff hd95 (any hdQ) msd assd (default: all five)")
-    ev.add_argument("--spacing", type=float, nargs="+", help="voxel size in mm per axis (overrides the affine)")
+    ev.add_argument("--spacing", type=float, nargs="+",
+                    help="voxel size in mm per axis, or one value for all axes (overrides the affine; maps of the "
+                    "same shape whose affines differ are then compared voxel by voxel, with a warning)")
     ev.add_argument("--csv", help="write the per-label rows (subject, label, metrics) to this CSV file")
-    ev.add_argument("--json", help="write the same rows as JSON")
+    ev.add_argument("--json", help="write the same rows as JSON (infinite or undefined values as the strings "
+                    "\"inf\" and \"nan\")")
     ev.add_argument("--model", help="name the labels from this model's label table (default: the installed "
                     "default model's, when there is one)")
     ev.add_argument("--quiet", action="store_true", help="print only the summary lines (no per-label table)")
@@ -650,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser(
         "labels",
-        help="list a model's label codes and names (or write its colour table for viewers)",
+        help="print a model's label codes and names (or its colour table for viewers)",
         description="Print the label values a model writes and the structure names (default: the shipped model, "
         "Neuromorphometrics codes). --format lut gives a FreeSurfer-style colour table (freeview, FSLeyes, 3D Slicer), "
         "itksnap an ITK-SNAP label description file, csv a table with the colours. `spatialseg segment` writes the "
@@ -729,23 +818,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="full", help="network configuration (default full = basenet+dist+prob+3d)")
     tr.add_argument("--mode", choices=["dense", "patch"], default="dense",
                     help="dense: whole slabs, every brain voxel a sample (default); patch: the paper's batches of patches")
-    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     tr.add_argument("--steps-per-epoch", type=int, default=20, help="optimizer steps per epoch (default 20)")
     tr.add_argument("--slab", type=int, default=4, help="dense mode: slices per step (default 4)")
     tr.add_argument("--batch-size", type=int, default=256, help="patch mode: patches per step (default 256)")
-    tr.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3, the paper's)")
+    tr.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3; the paper-split recipe of README uses 0.02 with sgd)")
     tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                     help="sgd: the paper's (momentum 0.9, default); adam: scale-free steps")
     tr.add_argument("--clip-grad", type=float, default=2.0, help="largest global gradient norm (0: off; default 2)")
-    tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    tr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="fp32 (default) or bf16 (fast only on CUDA or a CPU with bf16 units; see `spatialseg info`)")
     tr.add_argument("--device", default="auto",
                     help="auto (a CUDA GPU when there is one, else the CPU; default), cpu or cuda[:N]; a run may be "
                     "resumed on another device")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="seed of weights, data and sampling (default 0)")
     tr.add_argument("--val-subjects", type=int, default=5, help="validation subjects of the cohort (default 5)")
     tr.add_argument("--cohort", choices=["paper", "wide"], default="paper",
                     help="default recipe's data: paper = 10 fixed mildly warped CAT12 subjects; wide = a stream of fresh "
-                    "subjects with multi-scale warps and synthetic contrasts (see README; the shipped model still used paper)")
+                    "subjects with multi-scale warps and synthetic contrasts (see README; the shipped model's first stage used "
+                    "paper, its second, image-first stage wide)")
     tr.add_argument("--pool", type=int, default=12, help="wide: subjects held at once (default 12)")
     tr.add_argument("--refresh", type=int, default=2, help="wide: fresh subjects per epoch (default 2)")
     tr.add_argument("--position-dropout", type=float, default=0.0,

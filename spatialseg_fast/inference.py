@@ -54,7 +54,7 @@ def resolve_device(device) -> torch.device:
 
 def resolve_precision(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
     return PRECISIONS[precision]
 
 
@@ -78,10 +78,15 @@ def _atlas_tensor(model: SpatialSegNet, atlas, shape) -> torch.Tensor | None:
     """The [L, D, H, W] atlas for a ProbBranch model (the given one, else the model's own)."""
     if model.prob is None:
         return None
-    if atlas is None:
+    own = atlas is None
+    if own:
         atlas = getattr(model, "atlas", None)
         if atlas is None:
             raise ValueError("this model has a ProbBranch and needs atlas probabilities: pass atlas= ([L, D, H, W]) or use a model saved with its atlas")
+    if own and tuple(atlas.shape[1:]) != tuple(shape):  # the user gave no atlas: the volume is off the model's grid
+        raise ValueError(f"the volume has shape {tuple(shape)} but this model's template grid is "
+                         f"{tuple(atlas.shape[1:])}: register and resample it onto the template first "
+                         "(spatialseg segment / segment_file do that)")
     if isinstance(atlas, SparseAtlas):
         if tuple(atlas.shape) != (model.num_classes, *shape):
             raise ValueError(f"atlas has shape {tuple(atlas.shape)} but the volume and model need "

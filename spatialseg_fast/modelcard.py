@@ -2,7 +2,8 @@
 
 The card is read from the file's metadata: the training record that every checkpoint carries
 (options, per-epoch history), the data description, and the ``card`` entry that
-``export_default`` adds when a model is shipped (hardware, held-out figures).
+``export_default`` adds when a model is shipped (hardware, validation of the shipped file itself,
+held-out figures).
 """
 from __future__ import annotations
 
@@ -52,12 +53,15 @@ def card(path) -> dict:
                 out["validation"] = "the run's best single epoch: " + out["validation"]
     if extra.get("averaged_from"):
         names = [PurePath(str(p)).name for p in extra["averaged_from"]]
-        out["averaged"] = f"the mean of the weights of {len(names)} checkpoints ({', '.join(names)})"
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} ... {names[-1]}"
+        out["averaged"] = f"the mean of the weights of {len(names)} checkpoints ({shown})"
     if extra.get("prior_scale") is not None and float(extra["prior_scale"]) != 1.0:
         out["prior scale"] = (f"ProbBranch logits x {float(extra['prior_scale']):g} after training "
                               "(chosen on validation subjects: training/prior_scale.py)")
     if extra.get("init"):
         out["start"] = f"from the weights of {extra['init']}"
+    if shipped.get("validation"):  # the shipped file's own validation read (e.g. of an average of epochs)
+        out["validation"] = str(shipped["validation"])
     for key in ("hardware", "heldout", "test"):
         if shipped.get(key):
             out[key] = str(shipped[key])

@@ -37,7 +37,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def load_label_map(path) -> "Volume":
-    """A label map from .nii/.nii.gz (affine kept) or .npy (identity affine), as integers.
+    """A 2D or 3D label map from .nii/.nii.gz (affine kept; a 2D map's voxel size is its first two
+    columns) or .npy (identity affine), as integers.
 
     Raises ValueError with a one-line reason for a missing, unreadable or non-integer file."""
     from pathlib import Path
@@ -65,7 +66,7 @@ def load_label_map(path) -> "Volume":
     if data.ndim not in (2, 3):
         raise ValueError(f"{path}: a label map must be 2D or 3D; got shape {data.shape}")
     data = _as_labels(data, path, "label map")
-    return Volume(np.ascontiguousarray(data), affine if data.ndim == 3 else np.eye(4), header)
+    return Volume(np.ascontiguousarray(data), affine, header)
 
 
 def _as_labels(data: np.ndarray, path, what: str) -> np.ndarray:
@@ -236,7 +237,7 @@ def load_volume(path, kind: str = "intensity") -> Volume:
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D image; got {data.ndim}D with shape {tuple(data.shape)}")
+        raise ValueError(f"{path}: expected a 3D image (or 4D with one volume); got {data.ndim}D with shape {tuple(data.shape)}")
     if min(data.shape) < 1:
         raise ValueError(f"{path}: the image is empty (shape {tuple(data.shape)})")
     if not np.all(np.isfinite(np.linalg.det(affine[:3, :3]))) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:

@@ -49,7 +49,7 @@ def test_folders_matched_by_name(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "only.nii is in only one folder" in captured.err and "all 2 subjects" in captured.out
     rows = list(csv.DictReader(open(tmp_path / "o.csv")))
-    assert [(r["subject"], r["label"]) for r in rows] == [("a.npy", "1"), ("b.nii", "1")]
+    assert [(r["subject"], r["label"]) for r in rows] == [("a", "1"), ("b", "1")]
     assert float(rows[0]["hausdorff"]) == pytest.approx(7.5) and float(rows[1]["dice"]) == 1.0
 
 
@@ -85,3 +85,69 @@ def test_label_names_from_a_model(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
     assert main(args + ["--model", str(tmp_path / "bad.safetensors")]) == 2
     assert "not a readable spatialseg_fast model" in capsys.readouterr().err
+
+
+def test_folders_match_by_subject_name_across_extensions_and_the_labels_suffix(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    pred, ref = cubes()
+    write(tmp_path / "p" / "s1.nii", ref)            # .nii against .nii.gz
+    write(tmp_path / "r" / "s1.nii.gz", ref)
+    write(tmp_path / "p" / "s2_labels.nii.gz", pred)  # as `spatialseg segment` names its output
+    write(tmp_path / "r" / "s2.nii.gz", ref)
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--csv", str(tmp_path / "o.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert [(r["subject"], float(r["dice"])) for r in rows] == [("s1", 1.0), ("s2", 0.0)]
+    write(tmp_path / "p" / "s1.nii.gz", ref)  # two files for one subject: refused, not guessed
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r")]) == 2
+    assert "name the same subject" in capsys.readouterr().err
+
+
+def test_a_2d_nifti_takes_its_voxel_size_from_the_affine(tmp_path, capsys):
+    ref = np.zeros((12, 12), np.int16)
+    ref[3:7, 3:7] = 1
+    write(tmp_path / "r.nii.gz", ref, affine=np.diag([0.5, 0.5, 1.0, 1.0]))
+    write(tmp_path / "p.nii.gz", np.roll(ref, 1, axis=0), affine=np.diag([0.5, 0.5, 1.0, 1.0]))
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--json", str(tmp_path / "o.json")]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())[0]["hausdorff"] == pytest.approx(0.5)  # one voxel of 0.5 mm
+
+
+def test_spacing_keeps_the_grid_check(tmp_path, capsys):
+    pred, ref = cubes()
+    write(tmp_path / "r.nii.gz", ref)
+    write(tmp_path / "other_affine.nii.gz", pred, affine=np.eye(4))
+    write(tmp_path / "other_shape.nii.gz", pred[:-1])
+    assert main(["evaluate", str(tmp_path / "other_shape.nii.gz"), str(tmp_path / "r.nii.gz"), "--spacing", "1"]) == 1
+    assert "shapes differ" in capsys.readouterr().err
+    # same shape, other affine: the user's --spacing is taken, with a warning that names the difference
+    assert main(["evaluate", str(tmp_path / "other_affine.nii.gz"), str(tmp_path / "r.nii.gz"), "--spacing", "2", "--json",
+                 str(tmp_path / "o.json")]) == 0
+    assert "voxel sizes differ" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o.json").read_text())[0]["hausdorff"] == pytest.approx(10.0)  # 5 voxels of 2 mm
+
+
+def test_a_missed_structure_is_counted_not_hidden(tmp_path, capsys):
+    pred, ref = cubes()
+    ref[10:12, 2:4, 2:4] = 2  # label 2 only in the reference: infinite distances
+    write(tmp_path / "p.nii.gz", pred)
+    write(tmp_path / "r.nii.gz", ref)
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--quiet", "--json", str(tmp_path / "o.json")]) == 0
+    assert "hausdorff 7.5 +- 0 (1 of 2 labels inf, left out)" in capsys.readouterr().out
+
+    def strict(constant):  # what JSON.parse and other strict parsers do with Infinity/NaN
+        raise ValueError(constant)
+
+    rows = json.loads((tmp_path / "o.json").read_text(), parse_constant=strict)
+    assert rows[1]["label"] == 2 and rows[1]["hausdorff"] == "inf" and float(rows[1]["hausdorff"]) == np.inf
+
+
+def test_output_files_and_a_stale_model_variable_are_handled_before_scoring(tmp_path, capsys, monkeypatch):
+    pred, ref = cubes()
+    write(tmp_path / "p.nii.gz", pred)
+    write(tmp_path / "r.nii.gz", ref)
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--csv", str(tmp_path / "no" / "o.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("SPATIALSEG_MODEL", str(tmp_path / "gone.safetensors"))  # names only decorate the table
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "labels left unnamed" in captured.err and "dice 0" in captured.out

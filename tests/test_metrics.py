@@ -73,3 +73,18 @@ def test_bad_metrics(kwargs, match):
     pred, ref = two_cubes()
     with pytest.raises(ValueError, match=match):
         evaluate(pred, ref, **kwargs)
+
+
+def test_grid_difference_names_what_differs():
+    from spatialseg_fast.metrics import grid_difference
+
+    eye = np.eye(4)
+    assert grid_difference((4, 5, 6), eye, (4, 5, 6), eye + 1e-6) is None
+    assert "shapes differ" in grid_difference((4, 5, 6), eye, (4, 5, 7), eye)
+    assert "voxel sizes differ (2, 1, 1 / 1, 1, 1 mm)" in grid_difference((4, 5, 6), np.diag([2, 1, 1, 1.0]), (4, 5, 6), eye)
+    flipped = np.diag([-1, 1, 1, 1.0])
+    flipped[0, 3] = 3
+    assert "orientations differ" in grid_difference((4, 5, 6), flipped, (4, 5, 6), eye)
+    moved = eye.copy()
+    moved[:3, 3] = (3, 4, 0)
+    assert "origins differ by 5 mm" in grid_difference((4, 5, 6), moved, (4, 5, 6), eye)

@@ -330,7 +330,9 @@ def bad_inputs(tmp_path):
 @pytest.mark.parametrize("case", ["missing", "not nifti", "garbage", "truncated", "2d", "5d", "nan", "zero"])
 def test_bad_images_give_one_line_errors(tmp_path, toy_model_path, capsys, case):
     path, message = bad_inputs(tmp_path)[case]
-    assert run_segment(tmp_path, toy_model_path, path) == 1
+    # a lone missing input is refused before the model loads (exit 2, as for bad options); the others
+    # fail as a subject (exit 1)
+    assert run_segment(tmp_path, toy_model_path, path) == (2 if case == "missing" else 1)
     err = capsys.readouterr().err.strip().splitlines()
     assert any(message in line for line in err) and not any("Traceback" in line for line in err)
     assert not list((tmp_path / "out").glob("*labels*"))
@@ -422,3 +424,18 @@ def test_label_values_above_255_come_back_through_the_pipeline(tmp_path):
         out = segment_volume(Volume(image, motion("rigid") @ grid_affine()), model, register=register)
         data = np.asarray(out.labels.data)
         assert data.dtype == np.uint16 and set(np.unique(data)) <= set(values)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--probabilities", "47,,48"), "--probabilities takes comma-separated label values"),
+    (("--mask", "nope.nii.gz"), "--mask nope.nii.gz: no such file"),
+    (("--qc", "q.jpg"), "the pictures are PNG"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys, extra, message):
+    image, _ = phantom()
+    src = write(tmp_path / "s.nii.gz", image, grid_affine())
+    # a model file that does not exist: the options must be refused before it would be loaded
+    assert run_segment(tmp_path, tmp_path / "no-model.safetensors", src, extra=extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "no-model" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "q.jpg").exists()

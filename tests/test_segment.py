@@ -279,6 +279,15 @@ def test_bad_inputs_raise_clear_errors(make, match):
         segment(kwargs.pop("volume"), model, **kwargs)
 
 
+def test_a_volume_off_the_models_own_atlas_grid_names_the_template_grid():
+    model, volume, atlas = random_case("basenet+prob", seed=9)
+    model.atlas = atlas  # as a model saved with its atlas holds it
+    with pytest.raises(ValueError, match=r"volume has shape \(5, 6, 7\) but this model's template grid is"):
+        segment(torch.rand(5, 6, 7) + 1, model)
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
+        segment(volume, model, precision="fp8")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 def test_cuda_without_cuda_is_a_clear_error():
     model, volume, _ = random_case("basenet")

@@ -317,6 +317,23 @@ def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
         average_checkpoints(paths, paths[0])
 
 
+def test_card_of_a_shipped_average_shows_its_own_validation_and_a_short_checkpoint_list(tmp_path):
+    from spatialseg_fast import save_model
+    from spatialseg_fast.modelcard import card
+
+    training = {"epoch": 9, "best_dice": 0.47, "best_epoch": 9, "options": {"steps_per_epoch": 2}, "history": [{}] * 10}
+    meta = {"training": training, "averaged_from": [f"ep{e:02d}.safetensors" for e in range(3, 10)]}
+    path = save_model(build_model("basenet", len(VALUES), seed=0, label_values=VALUES), tmp_path / "m.safetensors",
+                      metadata=meta)
+    fields = card(path)
+    assert fields["averaged"] == "the mean of the weights of 7 checkpoints (ep03.safetensors ... ep09.safetensors)"
+    assert fields["validation"] == "the run's best single epoch: best slab Dice 0.470 (epoch 10)"
+    meta["card"] = {"validation": "the mean: slab Dice 0.588"}
+    path = save_model(build_model("basenet", len(VALUES), seed=0, label_values=VALUES), tmp_path / "m.safetensors",
+                      metadata=meta)
+    assert card(path)["validation"] == "the mean: slab Dice 0.588"
+
+
 def test_subjects_and_atlas_move_to_the_training_device_once():
     """The GPU path's bookkeeping, checked on torch's "meta" device (no data, no GPU needed):
     every tensor a step reads is moved, and a stream's subjects are moved once each."""

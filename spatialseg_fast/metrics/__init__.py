@@ -79,7 +79,13 @@ class EvaluationTable:
         return out
 
     def summary_line(self) -> str:
-        return "  ".join(f"{m} {mean:.4g} +- {sd:.3g}" for m, (mean, sd, _) in self.summary().items())
+        """Mean +- sd per metric; where some labels have no finite value (a structure missing from one
+        map gives an infinite distance) the line says how many the mean leaves out, so a missed
+        structure never passes for a good one."""
+        parts = []
+        for j, (m, (mean, sd, n)) in enumerate(self.summary().items()):
+            parts.append(f"{m} {mean:.4g} +- {sd:.3g}" + _left_out(self.values[:, j]))
+        return "  ".join(parts)
 
     def __str__(self) -> str:
         head = f"{'label':>6} " + (f"{'name':<28} " if self.names else "") + " ".join(f"{m:>10}" for m in self.metrics)
@@ -89,6 +95,32 @@ class EvaluationTable:
             rows.append(f"{label:>6} {name}" + " ".join(f"{v:>10.4g}" for v in self.values[i]))
         rows.append("mean   " + self.summary_line())
         return "\n".join(rows)
+
+
+def _left_out(v: np.ndarray) -> str:
+    """'' when every value is finite, else e.g. ' (1 of 2 labels inf, left out)'."""
+    bad = ~np.isfinite(v)
+    if not bad.any():
+        return ""
+    kinds = sorted({"inf" if np.isinf(x) else "nan" for x in v[bad]})
+    return f" ({int(bad.sum())} of {len(v)} labels {'/'.join(kinds)}, left out)"
+
+
+def grid_difference(shape_a, affine_a, shape_b, affine_b) -> str | None:
+    """None when two maps share a grid (shape, and affine to 1e-4 mm), else a one-line reason."""
+    if tuple(shape_a) != tuple(shape_b):
+        return f"their shapes differ ({tuple(shape_a)} / {tuple(shape_b)})"
+    a, b = np.asarray(affine_a, dtype=np.float64), np.asarray(affine_b, dtype=np.float64)
+    if np.allclose(a, b, atol=1e-4):
+        return None
+    sa, sb = (np.linalg.norm(x[:3, :3], axis=0) for x in (a, b))
+    if not np.allclose(sa, sb, atol=1e-4):
+        what = f"voxel sizes differ ({', '.join(f'{x:g}' for x in sa)} / {', '.join(f'{x:g}' for x in sb)} mm)"
+    elif not np.allclose(a[:3, :3], b[:3, :3], atol=1e-4):
+        what = "their orientations differ (reorienting one onto the other is enough)"
+    else:
+        what = f"their origins differ by {np.linalg.norm(a[:3, 3] - b[:3, 3]):.3g} mm"
+    return f"same shape {tuple(shape_a)} but {what}"
 
 
 def _unpack(x):
@@ -139,9 +171,9 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
     if pa is not None or ra is not None:
         if pa is None or ra is None:
             raise ValueError("pass both pred and ref as Volumes, or neither")
-        if np.shape(p) != np.shape(r) or not np.allclose(pa, ra, atol=1e-4):
-            raise ValueError(f"pred and ref are on different grids (shapes {np.shape(p)} / {np.shape(r)}, affines differ); "
-                             "resample one onto the other first")
+        why = grid_difference(np.shape(p), pa, np.shape(r), ra)
+        if why:
+            raise ValueError(f"pred and ref are on different grids: {why}; resample one onto the other first")
         if spacing is not None:
             raise ValueError("spacing comes from the Volumes' affine; do not pass it too")
         spacing = Volume(np.zeros((1, 1, 1)), pa).spacing[: np.ndim(p)]
@@ -155,4 +187,4 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
     return EvaluationTable(labels=d.labels, metrics=metrics, values=values, names=label_names)
 
 
-__all__ = ["DEFAULT_METRICS", "EvaluationTable", "evaluate", "metric_values"]
+__all__ = ["DEFAULT_METRICS", "EvaluationTable", "evaluate", "grid_difference", "metric_values"]

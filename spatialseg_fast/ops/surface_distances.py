@@ -107,7 +107,7 @@ def _label_map(x, name: str) -> torch.Tensor:
         if t.is_floating_point() and t.numel() and bool(torch.isfinite(t).all()) and bool((t == t.round()).all()):
             t = t.to(torch.int64)
         else:
-            raise ValueError(f"{name} must hold integer labels; got dtype {t.dtype} with non-integer values")
+            raise ValueError(f"{name} must hold integer labels; got {str(t.dtype).removeprefix('torch.')} values that are not whole numbers")
     if t.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D or 3D label map; got shape {tuple(t.shape)}")
     return t
@@ -326,6 +326,8 @@ def surface_distances(pred, ref, *, labels: Sequence[int] | None = None, spacing
         lab = None
     else:
         lab = np.atleast_1d(np.asarray(labels))
+        if lab.size == 0:
+            raise ValueError("labels is empty: give at least one label, or None for every label present")
         if lab.ndim != 1 or lab.dtype.kind not in "iu":
             raise ValueError(f"labels must be a list of integers; got {labels!r}")
         lab = lab.astype(np.int64)
