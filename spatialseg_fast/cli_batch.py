@@ -21,7 +21,8 @@ def add_batch_arguments(parser) -> None:
         "with --skip-existing redoes only the subjects without a labels file. See docs/cluster.md.")
     g.add_argument("--workers", type=int, metavar="N",
                    help="segment on a local Dask cluster of N worker processes, each loading the model once and using "
-                   "cores/N threads (needs: pip install \"spatialseg_fast[cluster]\"; N=1 runs in this process without it)")
+                   "cores/N threads (needs: pip install \"spatialseg_fast[cluster]\"; only N=1 works without Dask installed, "
+                   "in this process)")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="segment on the workers of a running Dask scheduler (tcp://host:8786 or a scheduler file "
                    "path), e.g. one started by dask-jobqueue; workers need the inputs, OUT and the model on a shared "
@@ -121,11 +122,11 @@ def run_cohort(args) -> int:
         return fail(f"cannot create the output folder {out} ({exc.strerror or exc})")
     if not os.access(out, os.W_OK):
         return fail(f"the output folder {out} is not writable")
-    where = (f"the Dask scheduler at {args.scheduler}" if args.scheduler else
-             f"a local Dask cluster of {args.workers} workers" if (args.workers or 0) > 1 or
-             (args.workers == 1 and _has_distributed()) else "this process")
+    where = (f"on the Dask scheduler at {args.scheduler}" if args.scheduler else
+             f"on a local Dask cluster of {args.workers} worker{'s' if args.workers > 1 else ''}" if (args.workers or 0) > 1 or
+             (args.workers == 1 and _has_distributed()) else "in this process")
     part = f" (shard {shard[0]}/{shard[1]} of {total})" if shard else ""
-    print(f"spatialseg segment: {len(inputs)} subjects{part} on {where}", flush=True)
+    print(f"spatialseg segment: {len(inputs)} subjects{part} {where}", flush=True)
     options = dict(register=not args.no_register, device=args.device, precision=args.precision,
                    skull_strip=args.skull_strip, save_mask=args.save_mask, cleanup=args.cleanup,
                    atlas_support=not args.no_atlas_support, atlas_min_prob=args.atlas_min_prob,
