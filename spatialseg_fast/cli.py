@@ -244,15 +244,6 @@ def _demo_segment(shape, seed: int) -> None:
           f" dense is {(n / dense_s) / (len(picks) / patch_s):.0f}x faster")
 
 
-def _map_stem(path: Path) -> str:
-    """A label map's subject name: the file name without .nii/.nii.gz/.npy."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _pairs(pred: Path, ref: Path):
     """[(subject, pred file, ref file)]: two files, or two folders matched by subject name (the file
     name without its extension; a prediction <name>_labels, as `spatialseg segment` writes it, also
@@ -262,21 +253,25 @@ def _pairs(pred: Path, ref: Path):
     if pred.is_dir() != ref.is_dir():
         raise ValueError("PRED and REF must both be files or both be folders")
     if not pred.is_dir():
-        return [(pred.name, pred, ref)]
+        return [(_subject_stem(pred), pred, ref)]
     ok = lambda p: p.is_file() and (p.name.lower().endswith(NIFTI_SUFFIXES) or p.name.lower().endswith(".npy"))
 
     def by_stem(folder: Path) -> dict:
         found = {}
         for p in sorted(folder.iterdir()):
             if ok(p):
-                if _map_stem(p) in found:
-                    raise ValueError(f"{folder}: {found[_map_stem(p)].name} and {p.name} name the same subject")
-                found[_map_stem(p)] = p
+                if _subject_stem(p) in found:
+                    raise ValueError(f"{folder}: {found[_subject_stem(p)].name} and {p.name} name the same subject")
+                found[_subject_stem(p)] = p
         return found
 
     preds, refs = by_stem(pred), by_stem(ref)
     for stem in [s for s in preds if s.endswith("_labels") and s not in refs and s[: -len("_labels")] in refs]:
-        preds[stem[: -len("_labels")]] = preds.pop(stem)
+        base = stem[: -len("_labels")]
+        if base in preds:  # both <name> and <name>_labels: which one is the prediction is not ours to guess
+            raise ValueError(f"{pred}: {preds[base].name} and {preds[stem].name} both match the reference "
+                             f"{refs[base].name}; keep one of them")
+        preds[base] = preds.pop(stem)
     common = sorted(set(preds) & set(refs))
     if not common:
         raise ValueError(f"no subject name is in both {pred} and {ref} (files are matched by name without "
@@ -334,12 +329,48 @@ def _label_names(model: str | None) -> dict:
         return {}
 
 
-def _cmd_evaluate(args) -> int:
+def _evaluation_spacing(spacing, pv, rv, where: str) -> tuple:
+    """The voxel size to score a pair with: the maps' own (which must then share a grid), or
+    --spacing (1 value for every axis, or one per axis) for maps of the same shape, with a warning
+    when their affines differ."""
+    from spatialseg_fast.metrics import grid_difference
+
+    ndim = pv.data.ndim
+    why = grid_difference(pv.shape, pv.affine, rv.shape, rv.affine)
+    if why and (spacing is None or pv.shape != rv.shape):
+        advice = "resample one onto the other first"
+        if pv.shape == rv.shape:
+            advice += ", or give --spacing to compare them voxel by voxel"
+        raise ValueError(f"the maps are on different grids: {why}; {advice}")
+    if spacing is None:
+        return pv.spacing[:ndim]
+    if why:  # --spacing given: the user vouches for the grid, but hear about it
+        print(f"spatialseg evaluate: warning: {where}{why}; compared voxel by voxel with --spacing", file=sys.stderr)
+    if len(spacing) not in (1, ndim):
+        raise ValueError(f"--spacing gives {len(spacing)} voxel sizes for a {ndim}D map")
+    return tuple(spacing) * ndim if len(spacing) == 1 else tuple(spacing)
+
+
+def _write_rows(rows: list, csv_path, json_path) -> None:
+    import csv
     import json
+
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump([{k: _finite_or_text(v) for k, v in row.items()} for row in rows], f, indent=1)
+
+
+def _cmd_evaluate(args) -> int:
+    import math
 
     import numpy as np
 
-    from spatialseg_fast.metrics import _check_metrics, _left_out, evaluate, grid_difference
+    from spatialseg_fast.metrics import check_metrics, evaluate, mean_line
     from spatialseg_fast.volume import load_label_map
 
     def fail(msg: str) -> int:
@@ -347,9 +378,10 @@ def _cmd_evaluate(args) -> int:
         return 2
 
     try:
-        _check_metrics(args.metrics)
-        if args.spacing is not None and (len(args.spacing) not in (1, 2, 3) or min(args.spacing) <= 0):
-            raise ValueError(f"--spacing takes 1 (isotropic), 2 or 3 positive voxel sizes in mm; got {args.spacing}")
+        check_metrics(args.metrics)
+        if args.spacing is not None and (len(args.spacing) not in (1, 2, 3)
+                                         or not all(math.isfinite(x) and x > 0 for x in args.spacing)):
+            raise ValueError(f"--spacing takes 1 (every axis), 2 or 3 finite positive voxel sizes in mm; got {args.spacing}")
         for path, what in ((args.csv, "--csv"), (args.json, "--json")):
             if path:
                 _writable_file(path, what)
@@ -362,20 +394,7 @@ def _cmd_evaluate(args) -> int:
         where = f"{subject}: " if len(pairs) > 1 else ""
         try:
             pv, rv = load_label_map(p), load_label_map(r)
-            why = grid_difference(pv.shape, pv.affine, rv.shape, rv.affine)
-            if why and (args.spacing is None or pv.shape != rv.shape):
-                raise ValueError(f"{p.name} and {r.name} are on different grids: {why}; resample one onto the other first")
-            if why:  # --spacing given: the user vouches for the grid, but hear about it
-                print(f"spatialseg evaluate: warning: {where}{why}; compared voxel by voxel with --spacing", file=sys.stderr)
-            ndim = pv.data.ndim
-            if args.spacing is None:
-                spacing = pv.spacing[:ndim]
-            elif len(args.spacing) == 1:
-                spacing = tuple(args.spacing) * ndim
-            elif len(args.spacing) == ndim:
-                spacing = tuple(args.spacing)
-            else:
-                raise ValueError(f"--spacing gives {len(args.spacing)} voxel sizes for a {ndim}D map")
+            spacing = _evaluation_spacing(args.spacing, pv, rv, where)
             table = evaluate(pv.data, rv.data, spacing=spacing, labels=args.labels, metrics=args.metrics,
                              names=names or None)
         except (ValueError, RuntimeError) as exc:
@@ -389,27 +408,17 @@ def _cmd_evaluate(args) -> int:
     if len(pairs) == 1 and tables and not args.quiet:
         print(tables[0][1])
     if len(tables) > 1:
-        metrics = tables[0][1].metrics
-        summary = []
-        for m in metrics:
-            v = np.array([row[m] for row in rows], dtype=float)
-            kept = v[np.isfinite(v)]
-            summary.append((f"{m} {kept.mean():.4g} +- {kept.std():.3g}" if len(kept) else f"{m} -") + _left_out(v))
-        print(f"all {len(tables)} subjects, {len(rows)} label rows:  " + "  ".join(summary))
-    if args.csv and rows:
-        import csv
-
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-    if args.json and rows:
-        with open(args.json, "w") as f:
-            json.dump([{k: _finite_or_text(v) for k, v in row.items()} for row in rows], f, indent=1, default=float)
+        line = "  ".join(mean_line(m, np.array([row[m] for row in rows], dtype=float), "label rows")
+                         for m in tables[0][1].metrics)
+        print(f"all {len(tables)} subjects, {len(rows)} label rows:  {line}")
+    if rows:
+        _write_rows(rows, args.csv, args.json)
     return 1 if failed else 0
 
 
 def _subject_stem(path: Path) -> str:
+    """A subject's name from its file: the name without .nii/.nii.gz (other extensions, e.g. .npy,
+    by Path.stem)."""
     name = path.name
     for suffix in (".nii.gz", ".nii"):
         if name.lower().endswith(suffix):
@@ -435,7 +444,7 @@ def _inputs(patterns) -> list[Path]:
             if not found:
                 raise ValueError(f"{pattern}: no file matches")
         else:
-            found = [p]  # a missing file is reported with the subject
+            found = [p]  # a missing file is reported with its subject (when none exists, up front)
         out += [q for q in found if q not in out]
     return out
 
@@ -477,6 +486,34 @@ def _writable_file(path, what: str, will_create=None) -> None:
         raise ValueError(f"{what} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{what} {path}: the folder {folder} is not writable")
+
+
+def _no_input_files(inputs) -> str:
+    """The message when none of the inputs is a file (the first few named)."""
+    shown = ", ".join(str(p) for p in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    return f"{shown}: no such file" if len(inputs) == 1 else f"none of the inputs is a file ({shown})"
+
+
+def check_segment_options(args, n_inputs: int, out: Path):
+    """(probabilities, qc_file) from `segment`'s options, or a ValueError naming the bad option;
+    shared by the single run and the cohort path so both refuse the same things before any work."""
+    probabilities = _label_list(args.probabilities, "--probabilities") if args.probabilities else None
+    if args.mask and n_inputs != 1:
+        raise ValueError("--mask goes with a single input image")
+    if args.mask and not Path(args.mask).is_file():
+        raise ValueError(f"--mask {args.mask}: no such file")
+    qc_file = None
+    if args.qc:
+        if args.qc.lower().endswith(".png"):
+            if n_inputs != 1:
+                raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
+            _writable_file(args.qc, "--qc", will_create=out)
+            qc_file = Path(args.qc)
+        elif Path(args.qc).suffix.lower() in (".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".svg", ".pdf", ".webp"):
+            raise ValueError(f"--qc {args.qc}: the pictures are PNG; give X.png (one input) or a folder")
+        elif Path(args.qc).exists() and not Path(args.qc).is_dir():
+            raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
+    return probabilities, qc_file
 
 
 def _label_list(text: str, option: str) -> list[int]:
@@ -528,30 +565,14 @@ def _cmd_segment(args) -> int:
     try:
         inputs = _inputs(args.inputs)
         out, single_file = _output_place(args.output, len(inputs))
-        probabilities = _label_list(args.probabilities, "--probabilities") if args.probabilities else None
-        missing = [str(p) for p in inputs if not p.is_file()]
-        if len(missing) == len(inputs):  # nothing to do: say so before loading a model (a cohort reports each one)
-            raise ValueError(f"{', '.join(missing)}: no such file")
+        if not any(p.is_file() for p in inputs):  # nothing to do: say so before loading a model
+            raise ValueError(_no_input_files(inputs))
         stems = [_subject_stem(p) for p in inputs]
         repeated = sorted({x for x in stems if stems.count(x) > 1})
         if repeated:
             raise ValueError(f"several inputs would write the same output name ({', '.join(repeated)}); "
                              "rename them or run them into separate output folders")
-        if args.mask and len(inputs) != 1:
-            raise ValueError("--mask goes with a single input image")
-        if args.mask and not Path(args.mask).is_file():
-            raise ValueError(f"--mask {args.mask}: no such file")
-        qc_file = None
-        if args.qc:
-            if args.qc.lower().endswith(".png"):
-                if len(inputs) != 1:
-                    raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
-                _writable_file(args.qc, "--qc", will_create=out)
-                qc_file = Path(args.qc)
-            elif Path(args.qc).suffix.lower() in (".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".svg", ".pdf", ".webp"):
-                raise ValueError(f"--qc {args.qc}: the pictures are PNG; give X.png (one input) or a folder")
-            elif Path(args.qc).exists() and not Path(args.qc).is_dir():
-                raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
+        probabilities, qc_file = check_segment_options(args, len(inputs), out)
         _check_device(args.device, args.threads)
         if args.volumes:
             _writable_file(args.volumes, "--volumes", will_create=out)

@@ -70,7 +70,7 @@ def run_cohort(args) -> int:
     import os
 
     from spatialseg_fast import batch
-    from spatialseg_fast.cli import _check_device, _inputs, _writable_file
+    from spatialseg_fast.cli import _check_device, _inputs, _writable_file, check_segment_options
 
     def fail(msg: str) -> int:
         print(f"spatialseg segment: error: {msg}", file=sys.stderr)
@@ -95,16 +95,7 @@ def run_cohort(args) -> int:
         inputs = _inputs(args.inputs)
         total = len(inputs)
         inputs = batch.select_shard(inputs, shard)
-        probabilities = [int(v) for v in args.probabilities.split(",")] if args.probabilities else None
-        if args.mask and len(inputs) != 1:
-            raise ValueError("--mask goes with a single input image")
-        if args.qc:
-            if args.qc.lower().endswith(".png"):
-                if len(inputs) != 1:
-                    raise ValueError("--qc FILE.png names the picture of a single input; give a folder for several")
-                _writable_file(args.qc, "--qc", will_create=out)
-            elif Path(args.qc).exists() and not Path(args.qc).is_dir():
-                raise ValueError(f"--qc {args.qc}: give a .png file (one input) or a folder (one picture per subject)")
+        probabilities, _ = check_segment_options(args, len(inputs), out)
         _check_device(args.device, args.threads)
         for option, path in (("--volumes", args.volumes), ("--results", args.results)):
             if path:

@@ -54,7 +54,7 @@ def resolve_device(device) -> torch.device:
 
 def resolve_precision(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return PRECISIONS[precision]
 
 
@@ -265,6 +265,8 @@ class DenseEngine:
                  memory_budget: int | None = None, slab: int | None = None, chunk: int | None = None):
         model = _check_model(model)
         self.device = resolve_device(device)
+        if precision != "auto" and precision not in PRECISIONS:  # users may pass "auto" here: name it
+            raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
         if precision == "auto":
             from .precision import auto_precision
 

@@ -32,7 +32,7 @@ def test_single_pair_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hausdorff" in out and "7.5" in out  # spacing 1.5 mm from the affine
     rows = json.loads((tmp_path / "o.json").read_text())
-    assert rows[0]["label"] == 1 and rows[0]["msd"] == pytest.approx(6.0)
+    assert rows[0]["subject"] == "p" and rows[0]["label"] == 1 and rows[0]["msd"] == pytest.approx(6.0)
 
 
 def test_folders_matched_by_name(tmp_path, capsys):
@@ -98,6 +98,10 @@ def test_folders_match_by_subject_name_across_extensions_and_the_labels_suffix(t
     assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--csv", str(tmp_path / "o.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "o.csv")))
     assert [(r["subject"], float(r["dice"])) for r in rows] == [("s1", 1.0), ("s2", 0.0)]
+    write(tmp_path / "p" / "s2.nii.gz", ref)  # s2 and s2_labels both match the reference s2: refused, not guessed
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r")]) == 2
+    assert "s2.nii.gz and s2_labels.nii.gz both match" in capsys.readouterr().err
+    (tmp_path / "p" / "s2.nii.gz").unlink()
     write(tmp_path / "p" / "s1.nii.gz", ref)  # two files for one subject: refused, not guessed
     assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r")]) == 2
     assert "name the same subject" in capsys.readouterr().err
@@ -119,6 +123,11 @@ def test_spacing_keeps_the_grid_check(tmp_path, capsys):
     write(tmp_path / "other_shape.nii.gz", pred[:-1])
     assert main(["evaluate", str(tmp_path / "other_shape.nii.gz"), str(tmp_path / "r.nii.gz"), "--spacing", "1"]) == 1
     assert "shapes differ" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "other_affine.nii.gz"), str(tmp_path / "r.nii.gz")]) == 1
+    assert "or give --spacing to compare them voxel by voxel" in capsys.readouterr().err
+    for bad in (["nan"], ["0"], ["1", "1", "1", "1"]):
+        assert main(["evaluate", str(tmp_path / "other_affine.nii.gz"), str(tmp_path / "r.nii.gz"), "--spacing", *bad]) == 2
+        assert "--spacing takes" in capsys.readouterr().err
     # same shape, other affine: the user's --spacing is taken, with a warning that names the difference
     assert main(["evaluate", str(tmp_path / "other_affine.nii.gz"), str(tmp_path / "r.nii.gz"), "--spacing", "2", "--json",
                  str(tmp_path / "o.json")]) == 0
@@ -139,6 +148,21 @@ def test_a_missed_structure_is_counted_not_hidden(tmp_path, capsys):
 
     rows = json.loads((tmp_path / "o.json").read_text(), parse_constant=strict)
     assert rows[1]["label"] == 2 and rows[1]["hausdorff"] == "inf" and float(rows[1]["hausdorff"]) == np.inf
+    # across subjects: the same rule over label rows, and '-' where nothing is finite
+    for folder in ("p", "r"):
+        (tmp_path / folder).mkdir()
+    for name in ("s1", "s2"):
+        write(tmp_path / "p" / f"{name}.nii.gz", pred)
+        write(tmp_path / "r" / f"{name}.nii.gz", ref)
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--quiet", "--metrics", "dice", "hausdorff"]) == 0
+    assert "all 2 subjects, 4 label rows:  dice 0 +- 0  hausdorff 7.5 +- 0 (2 of 4 label rows inf, left out)" in capsys.readouterr().out
+    only_missed = ref.copy()
+    only_missed[only_missed == 1] = 0
+    write(tmp_path / "r" / "s1.nii.gz", only_missed)
+    write(tmp_path / "p" / "s1.nii.gz", np.zeros_like(pred))
+    assert main(["evaluate", str(tmp_path / "p" / "s1.nii.gz"), str(tmp_path / "r" / "s1.nii.gz"), "--quiet",
+                 "--metrics", "hausdorff"]) == 0
+    assert "hausdorff - (1 of 1 labels inf, left out)" in capsys.readouterr().out
 
 
 def test_output_files_and_a_stale_model_variable_are_handled_before_scoring(tmp_path, capsys, monkeypatch):
@@ -151,3 +175,14 @@ def test_output_files_and_a_stale_model_variable_are_handled_before_scoring(tmp_
     assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "labels left unnamed" in captured.err and "dice 0" in captured.out
+
+
+def test_2d_maps_ignore_the_third_axis_of_their_affines(tmp_path, capsys):
+    ref = np.zeros((12, 12), np.int16)
+    ref[3:7, 3:7] = 1
+    write(tmp_path / "r.nii.gz", ref, affine=np.diag([0.5, 0.5, 3.0, 1.0]))  # slice thickness: no extent in 2D
+    write(tmp_path / "p.nii.gz", ref, affine=np.diag([0.5, 0.5, 1.0, 1.0]))
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--quiet"]) == 0
+    write(tmp_path / "p.nii.gz", ref, affine=np.diag([0.5, 0.6, 1.0, 1.0]))
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--quiet"]) == 1
+    assert "voxel sizes differ (0.5, 0.6 / 0.5, 0.5 mm)" in capsys.readouterr().err

@@ -431,11 +431,12 @@ def test_label_values_above_255_come_back_through_the_pipeline(tmp_path):
     (("--mask", "nope.nii.gz"), "--mask nope.nii.gz: no such file"),
     (("--qc", "q.jpg"), "the pictures are PNG"),
 ])
-def test_bad_options_are_refused_before_any_work(tmp_path, capsys, extra, message):
+@pytest.mark.parametrize("path", [(), ("--shard", "1/1")], ids=["single run", "cohort"])
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys, extra, message, path):
     image, _ = phantom()
     src = write(tmp_path / "s.nii.gz", image, grid_affine())
     # a model file that does not exist: the options must be refused before it would be loaded
-    assert run_segment(tmp_path, tmp_path / "no-model.safetensors", src, extra=extra) == 2
+    assert run_segment(tmp_path, tmp_path / "no-model.safetensors", src, extra=extra + path) == 2
     err = capsys.readouterr().err
     assert message in err and "no-model" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "q.jpg").exists()

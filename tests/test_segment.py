@@ -284,7 +284,7 @@ def test_a_volume_off_the_models_own_atlas_grid_names_the_template_grid():
     model.atlas = atlas  # as a model saved with its atlas holds it
     with pytest.raises(ValueError, match=r"volume has shape \(5, 6, 7\) but this model's template grid is"):
         segment(torch.rand(5, 6, 7) + 1, model)
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):  # segment() takes "auto" too
         segment(volume, model, precision="fp8")
 
 

@@ -188,7 +188,7 @@ def test_label_order_is_kept():
     [
         (dict(pred=np.zeros((3, 3, 3)), ref=np.zeros((3, 3, 4))), "same shape"),
         (dict(pred=np.zeros((3, 3, 3, 2)), ref=np.zeros((3, 3, 3, 2))), "2D or 3D"),
-        (dict(pred=np.full((3, 3), 0.5), ref=np.zeros((3, 3))), "integer labels; got float64 values that are not whole"),
+        (dict(pred=np.full((3, 3), 0.5), ref=np.zeros((3, 3))), "integer labels; got float64 with non-finite or non-integer"),
         (dict(pred=np.zeros((0, 3)), ref=np.zeros((0, 3))), "empty"),
         (dict(spacing=(1, 1)), "spacing"),
         (dict(spacing=(1, -1, 1)), "spacing"),

@@ -79,13 +79,10 @@ class EvaluationTable:
         return out
 
     def summary_line(self) -> str:
-        """Mean +- sd per metric; where some labels have no finite value (a structure missing from one
-        map gives an infinite distance) the line says how many the mean leaves out, so a missed
-        structure never passes for a good one."""
-        parts = []
-        for j, (m, (mean, sd, n)) in enumerate(self.summary().items()):
-            parts.append(f"{m} {mean:.4g} +- {sd:.3g}" + _left_out(self.values[:, j]))
-        return "  ".join(parts)
+        """Mean +- sd per metric over the labels with a finite value; where some have none (a
+        structure missing from one map has infinite distances) the line says how many the mean
+        leaves out, so a missed structure never passes for a good one."""
+        return "  ".join(mean_line(m, self.values[:, j]) for j, m in enumerate(self.metrics))
 
     def __str__(self) -> str:
         head = f"{'label':>6} " + (f"{'name':<28} " if self.names else "") + " ".join(f"{m:>10}" for m in self.metrics)
@@ -97,29 +94,36 @@ class EvaluationTable:
         return "\n".join(rows)
 
 
-def _left_out(v: np.ndarray) -> str:
-    """'' when every value is finite, else e.g. ' (1 of 2 labels inf, left out)'."""
-    bad = ~np.isfinite(v)
-    if not bad.any():
-        return ""
-    kinds = sorted({"inf" if np.isinf(x) else "nan" for x in v[bad]})
-    return f" ({int(bad.sum())} of {len(v)} labels {'/'.join(kinds)}, left out)"
+def mean_line(metric: str, values: np.ndarray, what: str = "labels") -> str:
+    """'hausdorff 2 +- 0' over the finite values, with ' (1 of 2 labels inf, left out)' when some are
+    not finite, and '-' for the mean when none is."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    kept = values[~bad]
+    text = f"{metric} {kept.mean():.4g} +- {kept.std():.3g}" if len(kept) else f"{metric} -"
+    if bad.any():
+        kinds = sorted({"inf" if np.isinf(x) else "nan" for x in values[bad]})
+        text += f" ({int(bad.sum())} of {len(values)} {what} {'/'.join(kinds)}, left out)"
+    return text
 
 
 def grid_difference(shape_a, affine_a, shape_b, affine_b) -> str | None:
-    """None when two maps share a grid (shape, and affine to 1e-4 mm), else a one-line reason."""
+    """None when two maps share a grid (shape, and affine to 1e-4 mm), else a one-line reason. For
+    2D maps only the affine's first two columns and its origin count (the third axis has no extent)."""
     if tuple(shape_a) != tuple(shape_b):
         return f"their shapes differ ({tuple(shape_a)} / {tuple(shape_b)})"
-    a, b = np.asarray(affine_a, dtype=np.float64), np.asarray(affine_b, dtype=np.float64)
+    n = len(shape_a)
+    cols = list(range(min(n, 3))) + [3]
+    a, b = (np.asarray(x, dtype=np.float64)[:3][:, cols] for x in (affine_a, affine_b))
     if np.allclose(a, b, atol=1e-4):
         return None
-    sa, sb = (np.linalg.norm(x[:3, :3], axis=0) for x in (a, b))
+    sa, sb = (np.linalg.norm(x[:, :-1], axis=0) for x in (a, b))
     if not np.allclose(sa, sb, atol=1e-4):
         what = f"voxel sizes differ ({', '.join(f'{x:g}' for x in sa)} / {', '.join(f'{x:g}' for x in sb)} mm)"
-    elif not np.allclose(a[:3, :3], b[:3, :3], atol=1e-4):
-        what = "their orientations differ (reorienting one onto the other is enough)"
+    elif not np.allclose(a[:, :-1], b[:, :-1], atol=1e-4):
+        what = "their orientations differ"
     else:
-        what = f"their origins differ by {np.linalg.norm(a[:3, 3] - b[:3, 3]):.3g} mm"
+        what = f"their origins differ by {np.linalg.norm(a[:, -1] - b[:, -1]):.3g} mm"
     return f"same shape {tuple(shape_a)} but {what}"
 
 
@@ -128,7 +132,8 @@ def _unpack(x):
     return (x.data, x.affine) if isinstance(x, Volume) else (x, None)
 
 
-def _check_metrics(metrics) -> tuple:
+def check_metrics(metrics) -> tuple:
+    """The metric names as a tuple, or a ValueError naming the unknown one."""
     if isinstance(metrics, str):
         metrics = (metrics,)
     metrics = tuple(metrics)
@@ -165,7 +170,7 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
         numbers up to rounding).
     Returns an :class:`EvaluationTable` (labels as rows; to_dict, to_csv, summary).
     """
-    metrics = _check_metrics(metrics)
+    metrics = check_metrics(metrics)
     p, pa = _unpack(pred)
     r, ra = _unpack(ref)
     if pa is not None or ra is not None:
@@ -187,4 +192,4 @@ def evaluate(pred, ref, spacing=None, labels=None, metrics=DEFAULT_METRICS, *, c
     return EvaluationTable(labels=d.labels, metrics=metrics, values=values, names=label_names)
 
 
-__all__ = ["DEFAULT_METRICS", "EvaluationTable", "evaluate", "grid_difference", "metric_values"]
+__all__ = ["DEFAULT_METRICS", "EvaluationTable", "check_metrics", "evaluate", "grid_difference", "mean_line", "metric_values"]

@@ -107,7 +107,7 @@ def _label_map(x, name: str) -> torch.Tensor:
         if t.is_floating_point() and t.numel() and bool(torch.isfinite(t).all()) and bool((t == t.round()).all()):
             t = t.to(torch.int64)
         else:
-            raise ValueError(f"{name} must hold integer labels; got {str(t.dtype).removeprefix('torch.')} values that are not whole numbers")
+            raise ValueError(f"{name} must hold integer labels; got {str(t.dtype).removeprefix('torch.')} with non-finite or non-integer values")
     if t.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D or 3D label map; got shape {tuple(t.shape)}")
     return t
