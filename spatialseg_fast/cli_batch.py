@@ -70,7 +70,7 @@ def run_cohort(args) -> int:
     import os
 
     from spatialseg_fast import batch
-    from spatialseg_fast.cli import _check_device, _inputs, _writable_file, check_segment_options
+    from spatialseg_fast.cli import _check_device, _inputs, _no_input_files, _writable_file, check_segment_options
 
     def fail(msg: str) -> int:
         print(f"spatialseg segment: error: {msg}", file=sys.stderr)
@@ -95,6 +95,8 @@ def run_cohort(args) -> int:
         inputs = _inputs(args.inputs)
         total = len(inputs)
         inputs = batch.select_shard(inputs, shard)
+        if inputs and not any(p.is_file() for p in inputs):  # as the single run: nothing to do is a usage error
+            raise ValueError(_no_input_files(inputs))
         probabilities, _ = check_segment_options(args, len(inputs), out)
         _check_device(args.device, args.threads)
         for option, path in (("--volumes", args.volumes), ("--results", args.results)):

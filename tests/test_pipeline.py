@@ -440,3 +440,11 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys, extra, messag
     err = capsys.readouterr().err
     assert message in err and "no-model" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "q.jpg").exists()
+
+
+@pytest.mark.parametrize("path", [(), ("--shard", "1/1")], ids=["single run", "cohort"])
+def test_inputs_none_of_which_exists_are_refused_before_the_model_loads(tmp_path, capsys, path):
+    gone = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    assert run_segment(tmp_path, tmp_path / "no-model.safetensors", *gone, extra=path) == 2
+    err = capsys.readouterr().err
+    assert "none of the inputs is a file" in err and "no-model" not in err
