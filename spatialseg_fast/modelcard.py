@@ -58,6 +58,12 @@ def card(path) -> dict:
     if extra.get("prior_scale") is not None and float(extra["prior_scale"]) != 1.0:
         out["prior scale"] = (f"ProbBranch logits x {float(extra['prior_scale']):g} after training "
                               "(chosen on validation subjects: training/prior_scale.py)")
+    if extra.get("class_bias") is not None:
+        b = [float(x) for x in extra["class_bias"]]
+        moved = [x for x in b if x != 0]
+        if moved:
+            out["class offsets"] = (f"{len(moved)} of {len(b)} class logits offset after training ({min(moved):+g} to "
+                                    f"{max(moved):+g}; chosen on validation subjects for mean Dice: training/class_bias.py)")
     if extra.get("init"):
         out["start"] = f"from the weights of {extra['init']}"
     if shipped.get("validation"):  # the shipped file's own validation read (e.g. of an average of epochs)

@@ -85,6 +85,10 @@ def test_write_with_bias_records_and_adds_the_offsets(tmp_path):
     for name, value in m.state_dict().items():  # nothing else changes
         if name != "fc3.bias":
             assert torch.equal(value, a2.state_dict()[name]), name
+    from spatialseg_fast.modelcard import card
+
+    assert card(twice)["class offsets"].startswith("2 of 6 class logits offset after training (+1 to +2;")
+    assert "class offsets" not in card(src)
     with pytest.raises(ValueError, match="new file"):
         write_with_bias(src, src, b)
 
