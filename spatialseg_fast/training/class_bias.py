@@ -12,7 +12,9 @@ ordinary model file and the engine is unchanged.
 The offsets are fitted by coordinate ascent on the pooled Dice of validation voxels (never on a
 benchmark's subjects): for one class at a time, try each step of a small grid and keep the best if
 it raises the mean Dice over the classes present. Each trial only needs the voxels where that
-class can win or lose, found from every voxel's two best scores.
+class can win or lose, found from every voxel's two best scores. The fit scores the engine's raw
+argmax pooled over its subjects; a benchmark scores per subject after the pipeline's cleanup, so
+a gain here is a candidate to score there, not a result.
 """
 from __future__ import annotations
 
@@ -21,8 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inference import segment
 from ..model.io import load_model, save_model
+from .data import class_indices
+from .validation import pooled_mean_dice
 
+# Offsets only matter relative to one another, so class 0 (background) is the fixed reference.
+# The grid leans positive: the classes that need an offset are mostly small ones drawn too small.
 STEPS = (-1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -31,26 +38,29 @@ def validation_scores(model, subjects, *, precision: str = "fp32", progress: boo
     indices [N] int64), from the dense engine's softmax maps (``segment(return_probabilities=)``).
     The log of the softmax differs from the logits by one constant per voxel, so argmax and
     offsets act on it as on the logits."""
-    from ..inference import segment
-
     values = list(model.config.output_values())
-    lut = np.full(max(values) + 1, -1, dtype=np.int64)
-    lut[values] = np.arange(len(values))
     out = []
     for s in subjects:
         image = np.asarray(s.image)
-        truth = np.asarray(s.labels)
         brain = image != 0
+        truth = torch.from_numpy(class_indices(np.asarray(s.labels)[brain], values))
         _, probs = segment(image, model, mask=brain, precision=precision, return_probabilities=values,
                            progress=progress)
-        p = torch.as_tensor(np.asarray(probs)[:, brain]).float().T.contiguous()  # [N, L]
-        out.append((p.clamp_min_(1e-8).log_(), torch.from_numpy(lut[truth[brain]])))
+        p = torch.empty(int(brain.sum()), len(values))
+        for k in range(len(values)):  # one class at a time: no second copy of the whole maps
+            p[:, k] = torch.from_numpy(np.asarray(probs[k])[brain])
+        out.append((p.clamp_min_(1e-8).log_(), truth))
     return out
 
 
-def _dice(inter: torch.Tensor, total: torch.Tensor) -> float:
-    present = total[1:] > 0
-    return float((2 * inter[1:][present] / total[1:][present]).mean()) if bool(present.any()) else float("nan")
+def _argmax_top2(x: torch.Tensor):
+    """Best and second-best (value, class) per row, the best by argmax's own rule (lowest index
+    on a tie), so that the kept labels are the ones the engine's argmax gives."""
+    c1 = x.argmax(1)
+    v1 = x.gather(1, c1[:, None])[:, 0]
+    x = x.scatter(1, c1[:, None], float("-inf"))
+    c2 = x.argmax(1)
+    return v1, c1, x.gather(1, c2[:, None])[:, 0], c2
 
 
 def fit_class_bias(scores, num_classes: int, *, steps=STEPS, sweeps: int = 2, min_gain: float = 1e-5,
@@ -58,61 +68,63 @@ def fit_class_bias(scores, num_classes: int, *, steps=STEPS, sweeps: int = 2, mi
     """Offsets [L] (class 0, background, stays 0) that maximise the mean Dice over the classes
     present (pooled counts) of ``argmax(scores + offsets)`` against the truth; ``scores`` as
     :func:`validation_scores` returns them. Coordinate ascent, `sweeps` passes over the classes."""
-    s = torch.cat([x for x, _ in scores]).float()
-    t = torch.cat([y for _, y in scores])
+    s = scores[0][0] if len(scores) == 1 else torch.cat([x for x, _ in scores])
+    t = scores[0][1] if len(scores) == 1 else torch.cat([y for _, y in scores])
+    s = s.float()
     L = num_classes
-    if s.shape[1] != L or len(t) != len(s):
-        raise ValueError(f"scores [{tuple(s.shape)}] and truth [{len(t)}] do not match {L} classes")
+    if s.ndim != 2 or s.shape[1] != L or len(t) != len(s):
+        raise ValueError(f"scores {tuple(s.shape)} and truth [{len(t)}] do not match {L} classes")
+    if bool(torch.isnan(s).any()) or bool((s == float("inf")).any()):
+        raise ValueError("scores hold NaN or +inf: they must be log-probabilities or logits")
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= L):
+        raise ValueError(f"true classes must be class indices 0..{L - 1}")
     bias = torch.zeros(L)
-    top = s.topk(2, dim=1)
-    v1, c1 = top.values[:, 0].clone(), top.indices[:, 0].clone()
-    v2, c2 = top.values[:, 1].clone(), top.indices[:, 1].clone()
+    v1, c1, v2, c2 = _argmax_top2(s)
     true_total = torch.bincount(t, minlength=L).double()
+    inter = torch.bincount(t[c1 == t], minlength=L).double()
+    total = true_total + torch.bincount(c1, minlength=L).double()
+    best = pooled_mean_dice(inter, total)
 
-    def counts(pred):
-        inter = torch.bincount(t[pred == t], minlength=L).double()
-        return inter, true_total + torch.bincount(pred, minlength=L).double()
+    def delta(o, n, tm):  # count changes when the voxels of truth `tm` go from labels `o` to `n`
+        di = (torch.bincount(tm[n == tm], minlength=L) - torch.bincount(tm[o == tm], minlength=L)).double()
+        return di, (torch.bincount(n, minlength=L) - torch.bincount(o, minlength=L)).double()
 
-    inter, total = counts(c1)
-    best = _dice(inter, total)
     for sweep in range(sweeps):
         changed = 0
         for c in range(1, L):
             sc = s[:, c] + bias[c]
             other_v = torch.where(c1 == c, v2, v1)
             other_c = torch.where(c1 == c, c2, c1)
-            reach = sc + max(steps) >= other_v
-            idx = (reach | (c1 == c)).nonzero().flatten()
+            idx = ((sc + max(steps) >= other_v) | (c1 == c)).nonzero().flatten()
             if len(idx) == 0:
                 continue
-            old = c1[idx]
-            tt = t[idx]
+            old, tt, ov, oc = c1[idx], t[idx], other_v[idx], other_c[idx]
             trials = []
             for d in steps:
-                # the offset as it will be stored, so that a trial's argmax is bit for bit the argmax
-                # of the scores with that offset (a tie broken otherwise would skew the kept counts)
-                new = torch.where(s[idx, c] + (bias[c] + d) > other_v[idx], torch.full_like(old, c), other_c[idx])
+                x = s[idx, c] + (bias[c] + d)
+                wins = (x > ov) | ((x == ov) & (c < oc))  # argmax's tie rule
+                new = torch.where(wins, torch.full_like(old, c), oc)
                 moved = new != old
-                if not bool(moved.any()):
-                    continue
-                o, n, tm = old[moved], new[moved], tt[moved]
-                di = (torch.bincount(tm[n == tm], minlength=L) - torch.bincount(tm[o == tm], minlength=L)).double()
-                dt = (torch.bincount(n, minlength=L) - torch.bincount(o, minlength=L)).double()
-                trials.append((_dice(inter + di, total + dt), d, di, dt))
+                if bool(moved.any()):
+                    di, dt = delta(old[moved], new[moved], tt[moved])
+                    trials.append((pooled_mean_dice(inter + di, total + dt), d))
             if not trials:
                 continue
-            score, d, di, dt = max(trials, key=lambda x: x[0])
-            if score > best + min_gain:
-                best, inter, total = score, inter + di, total + dt
-                # only voxels where c is (or becomes) one of the two best need their top two again
-                r = (sc.maximum(s[:, c] + (bias[c] + d)) >= v2).nonzero().flatten()
-                bias[c] += d
-                changed += 1
-                top = (s[r] + bias).topk(2, dim=1)
-                v1[r], c1[r] = top.values[:, 0], top.indices[:, 0]
-                v2[r], c2[r] = top.values[:, 1], top.indices[:, 1]
+            score, d = max(trials, key=lambda x: x[0])
+            if score <= best + min_gain:
+                continue
+            # only voxels where c is (or becomes) one of the two best need their top two again; the
+            # counts follow the labels as relabelled there, so they stay those of a fresh argmax
+            r = (sc.maximum(s[:, c] + (bias[c] + d)) >= v2).nonzero().flatten()
+            bias[c] += d
+            changed += 1
+            before = c1[r]
+            v1[r], c1[r], v2[r], c2[r] = _argmax_top2(s[r] + bias)
+            di, dt = delta(before, c1[r], t[r])
+            inter, total = inter + di, total + dt
+            best = pooled_mean_dice(inter, total)
         if log is not None:
-            log(f"sweep {sweep + 1}: mean Dice {best:.4f}, {changed} offsets changed")
+            log(f"sweep {sweep + 1}: mean Dice {best:.6f}, {changed} offsets changed")
         if changed == 0:
             break
     return bias

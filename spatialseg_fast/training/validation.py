@@ -51,7 +51,12 @@ def slab_dice(model, subjects: list[TrainSubject], atlas=None, *, slabs: int = 6
                     total += torch.bincount(truth, minlength=L).double() + torch.bincount(pred, minlength=L).double()
     finally:
         model.train(was_training)
-    inter, total = inter.cpu(), total.cpu()
+    return pooled_mean_dice(inter.cpu(), total.cpu())
+
+
+def pooled_mean_dice(inter: torch.Tensor, total: torch.Tensor) -> float:
+    """Mean Dice over the classes present (class 0, background, left out) from pooled counts:
+    per class, twice the true positives and the sum of the true and predicted voxel counts."""
     present = total[1:] > 0
     if not bool(present.any()):
         return math.nan
