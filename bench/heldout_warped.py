@@ -193,8 +193,8 @@ def main(argv=None) -> dict:
                 cache[key] = score_subject(model, base, subject, displacement_stats(disp, (1.0, 1.0, 1.0), mask),
                                            args.precision, cache_dir / f"{stem}-{key}.npz", args.cleanup,
                                            args.atlas_support)
-                if seconds is not None:  # the segmentation's time, from the run that segmented
-                    cache[key]["seconds"] = seconds
+                if seconds is not None and not np.isfinite(cache[key]["seconds"]):
+                    cache[key]["seconds"] = seconds  # re-scored from cached labels: keep the run's that segmented
                 tmp = cache_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(cache, indent=1))
                 tmp.replace(cache_file)
@@ -209,11 +209,18 @@ def main(argv=None) -> dict:
     return out
 
 
+def _mean_over_subjects(x) -> float:
+    """Mean of the finite values; inf where the structure was missed on every subject, so that a
+    missed structure never reads as "not applicable"."""
+    m = _finite_mean(x)
+    return float("inf") if np.isnan(m) and np.isinf(np.asarray(x, dtype=float)).any() else m
+
+
 def write_per_structure(path, model, sets: dict) -> None:
-    """One row per structure: per set, the mean over its subjects (finite values) of the model's
-    Dice/HD/MSD and of the template labels' and atlas argmax's Dice."""
+    """One row per structure: per set, the mean over its subjects (finite values; inf where it was
+    missed on all) of the model's Dice/HD/MSD and of the template labels' and atlas argmax's Dice."""
     values = [v for v in model.config.output_values() if v != 0]
-    names = dict(zip(*label_table()))
+    names = model.config.label_table() or dict(zip(*label_table()))
     header = ["label", "name"]
     for source in sets:
         header += [f"{source}_{m}" for m in METRICS] + [f"{source}_template_dice", f"{source}_atlas_dice"]
@@ -224,8 +231,8 @@ def write_per_structure(path, model, sets: dict) -> None:
             row = [v, names.get(v, "")]
             for source, s in sets.items():
                 per = [r["per_structure"] for r in s["rows"]]
-                row += [f"{_finite_mean([p['model'][m][i] for p in per]):.4f}" for m in METRICS]
-                row += [f"{_finite_mean([p[k]['dice'][i] for p in per]):.4f}" for k in ("template", "atlas")]
+                row += [f"{_mean_over_subjects([p['model'][m][i] for p in per]):.4f}" for m in METRICS]
+                row += [f"{_mean_over_subjects([p[k]['dice'][i] for p in per]):.4f}" for k in ("template", "atlas")]
             w.writerow(row)
     print(f"per-structure means: {path}")
 
