@@ -109,6 +109,13 @@ def score_subject(model, base, subject, disp_stats: dict, precision: str, pred_f
     }
 
 
+def cache_stem(model_path, precision: str) -> str:
+    """The start of every cache file name of this model file, precision and deformation model: the
+    model's labels of subject KEY are cached in <cache>/<stem>-<KEY>.npz."""
+    variant = hashlib.sha256(json.dumps(HELDOUT.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_file_key(model_path)}-{precision}-{variant}"
+
+
 def _file_key(model_path) -> str:
     if model_path is None:
         from spatialseg_fast.model.io import default_model_path
@@ -171,8 +178,7 @@ def main(argv=None) -> dict:
         raise SystemExit("this benchmark needs a model with a ProbBranch atlas (baseline c)")
     cache_dir = Path(args.cache)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    variant = hashlib.sha256(json.dumps(HELDOUT.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    stem = f"{_file_key(args.model)}-{args.precision}-{variant}"
+    stem = cache_stem(args.model, args.precision)
     cache_file = cache_dir / (stem + ("-atlas" if args.atlas_support else "")
                               + (f"-cleanup{args.cleanup:g}" if args.cleanup > 0 else "") + ".json")
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
