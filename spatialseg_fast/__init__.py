@@ -26,6 +26,15 @@ def _cpu_bf16_unit():
     return cpu_bf16_unit()
 
 
+def _auto_precision() -> str:
+    """What precision="auto" picks on the default device (CUDA when there is one, else the CPU)."""
+    import torch
+
+    from .precision import auto_precision
+
+    return auto_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def build_info() -> dict:
     """What this installation can use: version, C++ extension and OpenMP, threads, Triton, CUDA."""
     import os
@@ -52,7 +61,7 @@ def build_info() -> dict:
         else [],
         "disable_ext": os.environ.get("SPATIALSEG_DISABLE_EXT", ""),
         "cpu_bf16_unit": _cpu_bf16_unit(),
-        "auto_precision": "bf16" if torch.cuda.is_available() or _cpu_bf16_unit() else "fp32",
+        "auto_precision": _auto_precision(),
     }
     try:
         ext = _backend.extension()
