@@ -1,7 +1,7 @@
 """End to end: the demo subject through the whole pipeline, each stage's seconds (issue 17).
 
     python bench/bench_pipeline.py [--repeats 3] [--precision auto] [--threads N] [--work DIR]
-    python bench/bench_pipeline.py --precisions      (fp32 vs bf16 on a slab: why auto picks what it picks)
+    python bench/bench_pipeline.py --precisions      (fp32 vs bf16 on a slab: what bf16 gains and changes on this CPU)
 
 The subject is `spatialseg demo`'s (the ICBM 2009c T1 warped by the held-out deformation, seed 4000,
 written as a NIfTI file on the template grid). It goes through ``segment_file`` as `spatialseg
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=None, help="folder for the subject and the labels (default: a temporary one)")
     ap.add_argument("--precisions", action="store_true",
-                    help="only time fp32 against bf16 on a 12-slice slab of the subject (why auto picks what it picks)")
+                    help="only time fp32 against bf16 on a 12-slice slab of the subject (what bf16 gains and changes on this CPU)")
     args = ap.parse_args()
     if args.precisions:
         return compare_precisions(args.threads)

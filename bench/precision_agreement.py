@@ -1,4 +1,4 @@
-"""bf16 against fp32 on the held-out subjects: does `precision="auto"` change the labels? (issue 17)
+"""bf16 against fp32 on the held-out subjects: what does `--precision bf16` change? (issue 17)
 
     python bench/precision_agreement.py [--model PATH] [--icbm 5] [--cat12 3] [--cache DIR]
 
@@ -7,9 +7,11 @@ Runs bench/heldout_warped.py twice on the same subjects and model, `--precision 
 segmented again in bf16), then prints per subject the share of brain voxels labelled the same and
 the mean Dice / HD / MSD of each precision, and the mean over each set. The issue's bar for making
 bf16 the default where the CPU has a bf16 unit: labels equal on >= 99.9% of brain voxels and the
-same mean Dice to 3 decimals. The seconds are the engine's time per subject (only meaningful on
-a quiet machine, and only on a CPU with a bf16 unit: elsewhere torch emulates bf16 and it is far
-slower than fp32).
+same mean Dice to 3 decimals. Agreement is counted on the engine's labels (before the cleanup)
+over the subject's non-zero voxels; the metrics are those heldout_warped.py prints (after it).
+The seconds are the engine's time per subject as cached, so a precision scored earlier (another
+machine, thread count or load) keeps its old seconds: clear --cache for a timing, and only trust
+it on a quiet machine with a bf16 unit (elsewhere torch emulates bf16, far slower than fp32).
 """
 from __future__ import annotations
 

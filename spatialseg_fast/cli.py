@@ -90,14 +90,13 @@ def _precision_name(args) -> str:
     if args.precision != "auto":
         return args.precision
     from spatialseg_fast.inference import resolve_device
-    from spatialseg_fast.precision import auto_precision
+    from spatialseg_fast.precision import auto_precision, bf16_hint
 
-    from spatialseg_fast.precision import cpu_bf16_unit
-
-    chosen = auto_precision(resolve_device(args.device))
-    unit = cpu_bf16_unit() if chosen == "fp32" else None
-    # a CPU with a bf16 unit: say that the faster, near-identical mode is one flag away
-    return f"auto = {chosen}" + (f" (this CPU has {unit}: --precision bf16 is ~2x faster)" if unit else "")
+    device = resolve_device(args.device)
+    chosen = auto_precision(device)
+    # where bf16 is fast, say that the faster, near-identical mode is one flag away
+    hint = bf16_hint(device) if chosen == "fp32" else None
+    return f"auto = {chosen}" + (f" ({hint})" if hint else "")
 
 
 DEMO_SEED = 4000  # the held-out benchmark's first ICBM subject (bench/heldout_warped.py)
@@ -605,6 +604,8 @@ def _cmd_segment(args) -> int:
             return fail(f"--probabilities: {bad} are not labels of this model")
     from spatialseg_fast.labeltable import write_label_tables
 
+    if not args.quiet and args.precision == "auto" and "(" in (name := _precision_name(args)):
+        print(f"precision {name}", file=sys.stderr, flush=True)
     rows, failed = [], []
     for i, (path, stem) in enumerate(zip(inputs, stems), 1):
         target = single_file or out / f"{stem}_labels.nii.gz"
@@ -726,8 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out", nargs="?", default="spatialseg_demo", help="output folder (default ./spatialseg_demo)")
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                      help="auto (default): bf16 on CUDA, fp32 (the exact mode) on a CPU; bf16 is ~2x faster on a "
-                      "CPU with a bf16 unit (see `spatialseg info`), with ~0.2%% of voxels labelled otherwise")
+                      help="auto (default): fp32, the exact mode; bf16 is ~2x faster on a GPU or on a CPU with a bf16 "
+                      "unit (see `spatialseg info`; elsewhere emulated and far slower), with ~0.2%% of brain voxels "
+                      "labelled otherwise")
     demo.add_argument("--kernels", action="store_true", help="the kernel demo on synthetic volumes instead")
     demo.add_argument("--n", type=int, default=4096, help="--kernels: patch centres (default 4096)")
     demo.add_argument("--shape", type=int, nargs=3, default=[182, 218, 182], metavar=("D", "H", "W"),
@@ -798,9 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--model", help="model file (default: the shipped weights)")
     sg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     sg.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                    help="auto (default): bf16 on CUDA, fp32 (the exact mode) on a CPU; on a CPU with a native bf16 "
-                    "unit (AMX-BF16/AVX512-BF16, see `spatialseg info`) bf16 is ~2x faster, with ~0.2%% of brain "
-                    "voxels labelled otherwise than in fp32")
+                    help="auto (default): fp32, the exact mode; bf16 is ~2x faster on a GPU or on a CPU with a "
+                    "native bf16 unit (AMX-BF16/AVX512-BF16, see `spatialseg info`; elsewhere emulated and far "
+                    "slower), with ~0.2%% of brain voxels labelled otherwise than in fp32")
     sg.add_argument("--threads", type=int, help="CPU threads (default: all)")
     sg.add_argument("--skull-strip", choices=["auto", "yes", "no"], default="auto",
                     help="auto (default): strip the skull when the image looks like a whole head (signal volume and "

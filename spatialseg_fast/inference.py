@@ -496,9 +496,10 @@ def segment(volume, model: SpatialSegNet | None = None, *, mask=None, atlas=None
         else is background (0).
     atlas: [L, D, H, W] class probabilities for ProbBranch models (default: the model's own).
     spacing: voxel size in mm for a plain array (default 1 mm); ignored for a Volume.
-    device: "auto" | "cpu" | "cuda[:N]". precision: "auto" (default: bf16 on CUDA, fp32 on a CPU,
-        see precision.py) | "fp32" (the exact mode) | "bf16" (~2x faster on CPUs with native bf16
-        units, AMX-BF16 / AVX512-BF16, ~0.2% of brain voxels labelled otherwise) | "fp16".
+    device: "auto" | "cpu" | "cuda[:N]". precision: "auto" (default: fp32, see precision.py) |
+        "fp32" (the exact mode) | "bf16" (~2x faster on CUDA and on CPUs with native bf16 units,
+        AMX-BF16 / AVX512-BF16, ~0.2% of brain voxels labelled otherwise; emulated and far slower
+        on other CPUs) | "fp16".
     threads: CPU threads for this call (default: torch's setting).
     return_probabilities: labels (output label values) whose softmax probability maps to return
         too (float16), in the order given.

@@ -448,3 +448,17 @@ def test_inputs_none_of_which_exists_are_refused_before_the_model_loads(tmp_path
     assert run_segment(tmp_path, tmp_path / "no-model.safetensors", *gone, extra=path) == 2
     err = capsys.readouterr().err
     assert "none of the inputs is a file" in err and "no-model" not in err
+
+
+def test_segment_names_the_bf16_opt_in_where_it_is_fast(tmp_path, toy_model_path, capsys, monkeypatch):
+    from spatialseg_fast import precision
+
+    image, _ = phantom()
+    src = write(tmp_path / "sub-01_T1w.nii.gz", image, grid_affine())
+    args = ["segment", str(src), "-o", str(tmp_path / "out"), "--model", str(toy_model_path), "--no-register",
+            "--device", "cpu"]
+    monkeypatch.setattr(precision, "cpu_bf16_unit", lambda: "AVX512-BF16")
+    assert main(args) == 0
+    assert "precision auto = fp32 (this CPU has AVX512-BF16: --precision bf16 is ~2x faster)" in capsys.readouterr().err
+    monkeypatch.setattr(precision, "cpu_bf16_unit", lambda: None)  # bf16 would be emulated: nothing to suggest
+    assert main([*args, "--skip-existing"]) == 0 and "precision" not in capsys.readouterr().err
