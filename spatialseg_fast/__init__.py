@@ -27,12 +27,11 @@ def _cpu_bf16_unit():
 
 
 def _auto_precision() -> str:
-    """What precision="auto" picks on the default device (CUDA when there is one, else the CPU)."""
-    import torch
-
+    """What precision="auto" picks on the default device (device="auto")."""
+    from .inference import resolve_device
     from .precision import auto_precision
 
-    return auto_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return auto_precision(resolve_device("auto"))
 
 
 def build_info() -> dict:

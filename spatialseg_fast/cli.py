@@ -86,17 +86,26 @@ def _cmd_demo(args) -> int:
     return _model_demo(args)
 
 
-def _precision_name(args) -> str:
+def _bf16_opt_in(args) -> str | None:
+    """With --precision auto resolving to fp32 where bf16 is fast: the note that the faster,
+    near-identical mode is one flag away (else None)."""
     if args.precision != "auto":
-        return args.precision
+        return None
     from spatialseg_fast.inference import resolve_device
     from spatialseg_fast.precision import auto_precision, bf16_hint
 
     device = resolve_device(args.device)
-    chosen = auto_precision(device)
-    # where bf16 is fast, say that the faster, near-identical mode is one flag away
-    hint = bf16_hint(device) if chosen == "fp32" else None
-    return f"auto = {chosen}" + (f" ({hint})" if hint else "")
+    return bf16_hint(device) if auto_precision(device) == "fp32" else None
+
+
+def _precision_name(args) -> str:
+    if args.precision != "auto":
+        return args.precision
+    from spatialseg_fast.inference import resolve_device
+    from spatialseg_fast.precision import auto_precision
+
+    hint = _bf16_opt_in(args)
+    return f"auto = {auto_precision(resolve_device(args.device))}" + (f" ({hint})" if hint else "")
 
 
 DEMO_SEED = 4000  # the held-out benchmark's first ICBM subject (bench/heldout_warped.py)
@@ -604,8 +613,8 @@ def _cmd_segment(args) -> int:
             return fail(f"--probabilities: {bad} are not labels of this model")
     from spatialseg_fast.labeltable import write_label_tables
 
-    if not args.quiet and args.precision == "auto" and "(" in (name := _precision_name(args)):
-        print(f"precision {name}", file=sys.stderr, flush=True)
+    if not args.quiet and _bf16_opt_in(args):
+        print(f"precision {_precision_name(args)}", file=sys.stderr, flush=True)
     rows, failed = [], []
     for i, (path, stem) in enumerate(zip(inputs, stems), 1):
         target = single_file or out / f"{stem}_labels.nii.gz"
